@@ -1,0 +1,246 @@
+"""Checkpoint I/O: Hugging Face folders <-> the model, both directions.
+
+Loading builds the model on the meta device and assigns each tensor as it is read (cast and moved
+one at a time), so a checkpoint is never held twice. Every key is checked: a missing, unexpected or
+wrongly shaped tensor is a `CheckpointError` that lists the names.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from .config import Phi3VConfig
+from .errors import CheckpointError
+
+SAFE_INDEX = "model.safetensors.index.json"
+SAFE_SINGLE = "model.safetensors"
+BIN_INDEX = "pytorch_model.bin.index.json"
+BIN_SINGLE = "pytorch_model.bin"
+# keys some saved checkpoints carry that are not parameters of the model: accepted, dropped
+IGNORED_KEYS = re.compile(r".*(\.position_ids|rotary_emb\.inv_freq|vision_embed_tokens\.wte\.weight)$")
+AUX_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "preprocessor_config.json",
+    "generation_config.json", "added_tokens.json", "tokenizer.model",
+)
+
+
+def resolve_checkpoint(path_or_id: str | Path, revision: str | None = None) -> Path:
+    """A local folder as is; otherwise a Hugging Face hub id, downloaded through huggingface_hub."""
+    p = Path(path_or_id).expanduser()
+    if p.is_dir():
+        return p
+    if p.exists() or str(path_or_id).startswith((".", "/", "~")) or str(path_or_id).count("/") != 1:
+        raise CheckpointError(f"checkpoint folder {path_or_id} does not exist")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(
+            snapshot_download(
+                str(path_or_id), revision=revision,
+                allow_patterns=["*.json", "*.safetensors", "*.bin", "*.txt", "tokenizer.model"],
+            )
+        )
+    except Exception as exc:  # offline, unknown repo, auth...
+        raise CheckpointError(f"could not find {path_or_id!r} locally or download it from the Hugging Face hub: {exc}") from exc
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The checkpoint's weight files, safetensors preferred over .bin."""
+    for index, single in ((SAFE_INDEX, SAFE_SINGLE), (BIN_INDEX, BIN_SINGLE)):
+        if (folder / index).is_file():
+            try:
+                wmap = json.loads((folder / index).read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError) as exc:
+                raise CheckpointError(f"{folder / index} is not a valid weight index: {exc}") from exc
+            files = sorted(set(wmap.values()))
+            missing = [f for f in files if not (folder / f).is_file()]
+            if missing:
+                raise CheckpointError(f"{folder}: shards listed in {index} are missing: {missing}")
+            return [folder / f for f in files]
+        if (folder / single).is_file():
+            return [folder / single]
+    raise CheckpointError(f"{folder} has no weights ({SAFE_SINGLE}, {SAFE_INDEX}, {BIN_SINGLE} or {BIN_INDEX})")
+
+
+def iter_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) from each file, one tensor at a time."""
+    for f in files:
+        if f.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            try:
+                with safe_open(str(f), framework="pt", device="cpu") as sf:
+                    for name in sf.keys():
+                        yield name, sf.get_tensor(name)
+            except (OSError, ValueError, RuntimeError) as exc:
+                if isinstance(exc, CheckpointError):
+                    raise
+                raise CheckpointError(f"cannot read {f}: {exc}") from exc
+        else:
+            try:
+                sd = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:
+                sd = torch.load(f, map_location="cpu", weights_only=True)
+            except Exception as exc:
+                raise CheckpointError(f"cannot read {f} (loaded with weights_only=True): {exc}") from exc
+            for name in list(sd):
+                yield name, sd.pop(name)
+            del sd
+
+
+def _fmt(names, limit=20) -> str:
+    names = sorted(names)
+    more = f" ... and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def assign_weights(model: torch.nn.Module, tensors: Iterator[tuple[str, torch.Tensor]], dtype, device) -> None:
+    """Assign every tensor to its parameter (model built on meta). Strict: names and shapes."""
+    expected = {k: v for k, v in model.state_dict(keep_vars=True).items()}
+    tied = model.config.tie_word_embeddings
+    seen, unexpected, misshaped = set(), [], []
+    for name, t in tensors:
+        if IGNORED_KEYS.match(name):
+            continue
+        if name not in expected:
+            unexpected.append(name)
+            continue
+        if tuple(t.shape) != tuple(expected[name].shape):
+            misshaped.append(f"{name} {tuple(t.shape)} (expected {tuple(expected[name].shape)})")
+            continue
+        target_dtype = dtype if t.is_floating_point() else t.dtype
+        value = t.to(device=device, dtype=target_dtype)
+        module_name, _, attr = name.rpartition(".")
+        module = model.get_submodule(module_name)
+        module._parameters[attr] = torch.nn.Parameter(value, requires_grad=module._parameters[attr].requires_grad)
+        seen.add(name)
+    missing = set(expected) - seen
+    if tied:
+        missing.discard("lm_head.weight")
+    problems = []
+    if missing:
+        problems.append(f"missing tensors: {_fmt(missing)}")
+    if unexpected:
+        problems.append(f"unexpected tensors: {_fmt(unexpected)}")
+    if misshaped:
+        problems.append(f"wrongly shaped tensors: {_fmt(misshaped)}")
+    if problems:
+        raise CheckpointError("checkpoint does not fit the model config: " + "; ".join(problems))
+    if tied:
+        model.lm_head.weight = model.model.embed_tokens.weight
+
+
+def resolve_dtype(dtype, config: Phi3VConfig) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if dtype == "auto":
+        name = config.raw.get("torch_dtype", "float32")
+        dtype = name
+    if isinstance(dtype, str):
+        table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+                 "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+        if dtype not in table:
+            raise CheckpointError(f"dtype {dtype!r} is not supported (float32, bfloat16, float16)")
+        dtype = table[dtype]
+    return dtype
+
+
+def resolve_device(device) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(device, dict):  # HF device_map {"": "cuda:0"}
+        device = next(iter(device.values()))
+    if isinstance(device, int):
+        device = f"cuda:{device}"
+    return torch.device(device)
+
+
+def load_pretrained(path_or_id, dtype=None, device=None, attn_implementation="sdpa", revision=None, progress=False):
+    from .model.phi3v import Phi3VForCausalLM
+
+    folder = resolve_checkpoint(path_or_id, revision)
+    config = Phi3VConfig.from_pretrained(folder)
+    dtype = resolve_dtype(dtype, config)
+    device = resolve_device(device)
+    files = weight_files(folder)
+    with torch.device("meta"):
+        model = Phi3VForCausalLM(config, attn_implementation=attn_implementation)
+    tensors = iter_tensors(files)
+    if progress:
+        from tqdm import tqdm
+
+        total = sum(1 for k in model.state_dict())
+        tensors = tqdm(tensors, total=total, desc="loading weights", unit="tensor", leave=False)
+    assign_weights(model, tensors, dtype, device)
+    model.set_attn_implementation(attn_implementation)
+    if attn_implementation == "flash_attention_2":
+        from .model.attention import check_attn_implementation
+
+        check_attn_implementation(attn_implementation, device)
+    model.name_or_path = str(folder)
+    return model.eval()
+
+
+def _parse_size(size) -> int:
+    if isinstance(size, int):
+        return size
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B)\s*", str(size), re.I)
+    if not m:
+        raise ValueError(f"max_shard_size {size!r}: expected bytes or e.g. '5GB'")
+    unit = m.group(2).upper()
+    mult = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}[unit]
+    return int(float(m.group(1)) * mult)
+
+
+def save_pretrained(model, out_dir, max_shard_size="5GB", copy_aux_from=None) -> None:
+    """Write config.json and safetensors shards (with an index when more than one), HF layout.
+
+    Tied lm_head is not written twice. Tokenizer/preprocessor files are copied from the folder the
+    model was loaded from (or `copy_aux_from`) so the result is a complete checkpoint.
+    """
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    limit = _parse_size(max_shard_size)
+    sd = model.state_dict()
+    if model.config.tie_word_embeddings:
+        sd.pop("lm_head.weight", None)
+    shards, current, size = [], {}, 0
+    for name, t in sd.items():
+        n = t.numel() * t.element_size()
+        if current and size + n > limit:
+            shards.append(current)
+            current, size = {}, 0
+        current[name] = t.detach().contiguous().cpu()
+        size += n
+    shards.append(current)
+    for stale in list(out.glob("model*.safetensors")) + [out / SAFE_INDEX]:
+        if stale.exists():
+            stale.unlink()
+    meta = {"format": "pt"}
+    if len(shards) == 1:
+        save_file(shards[0], str(out / SAFE_SINGLE), metadata=meta)
+    else:
+        weight_map, total = {}, 0
+        for i, shard in enumerate(shards, 1):
+            fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, str(out / fname), metadata=meta)
+            for k, t in shard.items():
+                weight_map[k] = fname
+                total += t.numel() * t.element_size()
+        (out / SAFE_INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    cfg = model.config.to_dict()
+    cfg["torch_dtype"] = str(model.dtype).removeprefix("torch.")
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    src = copy_aux_from or getattr(model, "name_or_path", None)
+    if src and Path(src).is_dir() and Path(src).resolve() != out.resolve():
+        for f in AUX_FILES:
+            if (Path(src) / f).is_file():
+                shutil.copyfile(Path(src) / f, out / f)
