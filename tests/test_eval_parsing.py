@@ -62,7 +62,7 @@ def test_format_quantity_roundtrips(unit):
     ("Yes", True), ("yes.", True), ("Yes, the cup is left of the plate.", True), ("Yeah", True),
     ("Correct.", True), ("True", True), ("No", False), ("no.", False), ("Nope", False),
     ("The cup is not left of the plate.", False), ("False", False), ("It isn't.", False),
-    ("I don't know", False), ("There is a cat", None), ("", None),
+    ("I don't know", False), ("There is a cat", None), ("", None), ("It is to the right.", None),
 ])
 def test_parse_yesno(text, value):
     assert P.parse_yesno(text) is value
@@ -79,7 +79,7 @@ OPTS = ["left of the bowl", "right of the bowl", "behind the bowl", "left"]
     ("left", 3),
     ("A mug is on the table", None),  # the article A is not option A
     ("left of the bowl or right of the bowl", None),  # two options named
-    ("E", None), ("no idea", None),
+    ("b", 1), ("(c)", 2), ("E", None), ("no idea", None),
 ])
 def test_parse_choice(text, index):
     assert P.parse_choice(text, OPTS) == index

@@ -108,7 +108,7 @@ def format_quantity(metres: float, unit: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # yes / no, choice, clock, count
 
-_YES = {"yes", "yeah", "yep", "yup", "true", "correct", "affirmative", "indeed", "right"}
+_YES = {"yes", "yeah", "yep", "yup", "true", "correct", "affirmative", "indeed"}  # not "right": a direction
 _NO = {"no", "nope", "not", "false", "incorrect", "negative", "none", "never", "isn't", "aren't",
        "doesn't", "don't", "cannot", "can't", "wrong", "nothing"}
 _WORD_RE = re.compile(r"[a-z]+(?:'[a-z]+)?")
@@ -144,6 +144,9 @@ def parse_choice(text: str, options: list[str]) -> int | None:
     m = re.match(rf"^[\(\[]?([{letters}])(?:[\)\].:,]|\s|$)", stripped)
     if m and not (m.group(1) == "A" and re.match(r"^A\s+[a-z]", stripped)):  # "A cup is..." is prose
         return ord(m.group(1)) - ord("A")
+    m = re.fullmatch(rf"[\(\[]?([{letters.lower()}])[\)\].]?", stripped)  # a lone lowercase letter: "b", "(c)"
+    if m:
+        return ord(m.group(1).upper()) - ord("A")
     # 2. an explicit marker: "answer is B", "answer: (B)", "option B", "choice (C)"
     m = re.search(rf"(?:answer|option|choice)(?:\s+is)?\s*[:\-]?\s*[\(\[]?([{letters}])\b", stripped, re.I)
     if m and m.group(1).isupper():

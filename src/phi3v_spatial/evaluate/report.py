@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..errors import ConfigError
 from . import metrics
 
 HEADLINE = {
@@ -73,7 +74,10 @@ def markdown(summary: dict, title: str) -> str:
 
 def draw_charts(summary: dict, records: list[dict], out_dir: Path) -> list[str]:
     """Accuracy per task (and per relation) bar charts, relative-error histogram; returns file names."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise ConfigError("report charts need matplotlib: pip install 'phi3v-spatial[eval]' (or pass --no-charts)") from exc
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
