@@ -37,8 +37,8 @@ def read_results(path: Path) -> dict[str, dict]:
             continue
         try:
             rec = json.loads(line)
-            if not line.endswith(b"\n"):
-                raise ValueError("unterminated")
+            if not line.endswith(b"\n") or not isinstance(rec, dict) or "id" not in rec:
+                raise ValueError("unterminated or not a record")
         except ValueError:
             if pos == len(raw):  # torn tail: drop it
                 break
