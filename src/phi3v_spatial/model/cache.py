@@ -34,6 +34,14 @@ class KVCache:
         self.v[layer][:, :, start:end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
+    def row_view(self, row: int) -> "KVCache":
+        """A one-row cache sharing this cache's storage: writes through it land in row `row`."""
+        view = object.__new__(KVCache)
+        view.k = [t[row : row + 1] for t in self.k]
+        view.v = [t[row : row + 1] for t in self.v]
+        view.length, view.max_len = self.length, self.max_len
+        return view
+
     def select_rows(self, rows: torch.Tensor) -> None:
         """Keep only these batch rows (finished rows dropped)."""
         self.k = [t.index_select(0, rows) for t in self.k]

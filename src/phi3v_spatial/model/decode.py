@@ -1,0 +1,122 @@
+"""The one-token decode step: `Phi3VModel.forward` for a single new token per row, written for speed.
+
+On small models the time of a decode step is Python and framework overhead, not arithmetic, so this
+path does only what one token needs and nothing the general forward does to be general:
+
+- no checks and no host syncs (the general forward validates ids and inspects the mask on the host);
+- RoPE from tables built once per generation (both regimes, every slot) and gathered per row: the
+  same float32 `rope_cos_sin` values as the forward, so cached == uncached;
+- rotate-half as one `roll` with a sign-folded sine: x*cos + roll(x)*[-sin, sin] == x*cos +
+  rotate_half(x)*sin exactly;
+- no mask building: padding is a (B, 1, 1, slots) additive bias made once per generation and sliced;
+- weights read straight from plain `nn.Linear`/`nn.Embedding` modules (one `F.linear` each); any
+  other module in their place (a LoRA layer, a quantized linear, a module with hooks) is called
+  as a module, so swapped-in layers keep working.
+
+The math is the decoder's (language.py); tests check the step's logits against the uncached forward.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .cache import KVCache
+from .rope import rope_cos_sin, rope_inv_freq
+
+
+def _plain_linear(m: nn.Module):
+    """The weight of a plain bias-free nn.Linear without hooks, else the module itself."""
+    plain = type(m) is nn.Linear and m.bias is None and not (m._forward_hooks or m._forward_pre_hooks)
+    return m.weight if plain else m
+
+
+def _linear(x: torch.Tensor, w) -> torch.Tensor:
+    return F.linear(x, w) if isinstance(w, torch.Tensor) else w(x)
+
+
+def _rms_norm(x: torch.Tensor, norm) -> torch.Tensor:
+    if x.dtype == torch.float32 and type(norm).__name__ == "Phi3RMSNorm":
+        return F.rms_norm(x, (x.shape[-1],), norm.weight, norm.eps)
+    return norm(x)  # other dtypes: the module's exact rounding order
+
+
+class DecodeStep:
+    """Bound to one model and one cache size; call once per generated token.
+
+    step(tokens (B,), positions (B,), regime (B,) 0 short / 1 long, cache, slot, bias) -> (B, V)
+    float32 logits. The new keys/values go to cache slot `slot`; `bias` is None (no padding) or a
+    (B, 1, 1, >= slot+1) additive mask over the cache slots.
+    """
+
+    def __init__(self, model, max_slots: int):
+        lm = model.model
+        cfg = model.config
+        self.model = model
+        self.heads, self.kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.window = cfg.sliding_window
+        dtype, device = model.dtype, model.device
+        emb = lm.embed_tokens
+        self.embed = emb.weight if type(emb) is nn.Embedding and not emb._forward_hooks else emb
+        self.layers = [
+            (
+                layer.input_layernorm,
+                _plain_linear(layer.self_attn.qkv_proj),
+                _plain_linear(layer.self_attn.o_proj),
+                layer.post_attention_layernorm,
+                _plain_linear(layer.mlp.gate_up_proj),
+                _plain_linear(layer.mlp.down_proj),
+            )
+            for layer in lm.layers
+        ]
+        self.norm = lm.norm
+        self.lm_head = _plain_linear(model.lm_head)
+        # RoPE tables for every slot, regime-major: row (regime * max_slots + position)
+        positions = torch.arange(max_slots, device=device).expand(2, max_slots)
+        short, long_ = rope_inv_freq(cfg, False, device), rope_inv_freq(cfg, True, device)
+        cos, sin = rope_cos_sin(
+            short, long_, torch.tensor([False, True], device=device), positions, cfg.rope_attention_factor, dtype
+        )  # (2, S, d)
+        half = self.head_dim // 2
+        sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)  # sign of rotate_half folded in
+        self.cos = cos.reshape(2 * max_slots, self.head_dim)
+        self.sin = sin.reshape(2 * max_slots, self.head_dim)
+        self.max_slots = max_slots
+        self.gqa = self.heads != self.kv_heads
+
+    def __call__(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        regime: torch.Tensor,
+        cache: KVCache,
+        slot: int,
+        bias: torch.Tensor | None,
+    ) -> torch.Tensor:
+        B = tokens.shape[0]
+        H, KVH, d = self.heads, self.kv_heads, self.head_dim
+        half = d // 2
+        row = regime * self.max_slots + positions  # (B,)
+        cos = self.cos.index_select(0, row)[:, None]  # (B, 1, d)
+        sin = self.sin.index_select(0, row)[:, None]
+        x = F.embedding(tokens, self.embed) if isinstance(self.embed, torch.Tensor) else self.embed(tokens)  # (B, D)
+        x = x[:, None]  # (B, 1, D)
+        start = 0 if self.window is None or slot <= self.window else slot - self.window
+        if bias is not None:
+            bias = bias[..., start : slot + 1]
+        for i, (ln1, qkv_w, o_w, ln2, gate_up_w, down_w) in enumerate(self.layers):
+            qkv = _linear(_rms_norm(x, ln1), qkv_w).view(B, H + 2 * KVH, d)  # rows [q heads | k heads | v heads]
+            qk = qkv[:, : H + KVH]
+            qk = torch.addcmul(qk * cos, qk.roll(half, -1), sin)  # RoPE on q and k at once
+            k_cache, v_cache = cache.k[i], cache.v[i]  # (B, KVH, S, d)
+            k_cache[:, :, slot] = qk[:, H:]
+            v_cache[:, :, slot] = qkv[:, H + KVH :]
+            out = F.scaled_dot_product_attention(
+                qk[:, :H, None], k_cache[:, :, start : slot + 1], v_cache[:, :, start : slot + 1],
+                attn_mask=bias, enable_gqa=self.gqa,
+            )  # (B, H, 1, d)
+            x = x + _linear(out.view(B, 1, H * d), o_w)
+            gate, up = _linear(_rms_norm(x, ln2), gate_up_w).chunk(2, dim=-1)
+            x = x + _linear(F.silu(gate) * up, down_w)
+        cache.length = slot + 1
+        return _linear(_rms_norm(x, self.norm), self.lm_head)[:, 0].float()
