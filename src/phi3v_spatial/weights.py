@@ -78,7 +78,7 @@ def iter_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
                 with safe_open(str(f), framework="pt", device="cpu") as sf:
                     for name in sf.keys():
                         yield name, sf.get_tensor(name)
-            except (OSError, ValueError, RuntimeError) as exc:
+            except Exception as exc:  # safetensors raises its own SafetensorError on corrupt files
                 if isinstance(exc, CheckpointError):
                     raise
                 raise CheckpointError(f"cannot read {f}: {exc}") from exc
