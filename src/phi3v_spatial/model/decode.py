@@ -9,6 +9,7 @@ path does only what one token needs and nothing the general forward does to be g
 - rotate-half as one `roll` with a sign-folded sine: x*cos + roll(x)*[-sin, sin] == x*cos +
   rotate_half(x)*sin exactly;
 - no mask building: padding is a (B, 1, 1, slots) additive bias made once per generation and sliced;
+- attention of the single query as two small matmuls (`_attend_one`), not the fused SDPA kernel;
 - weights read straight from plain `nn.Linear`/`nn.Embedding` modules (one `F.linear` each); any
   other module in their place (a LoRA layer, a quantized linear, a module with hooks) is called
   as a module, so swapped-in layers keep working.
@@ -39,6 +40,22 @@ def _rms_norm(x: torch.Tensor, norm) -> torch.Tensor:
     if x.dtype == torch.float32 and type(norm).__name__ == "Phi3RMSNorm":
         return F.rms_norm(x, (x.shape[-1],), norm.weight, norm.eps)
     return norm(x)  # other dtypes: the module's exact rounding order
+
+
+def _attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """Attention of one query per row. q: (B, H, d); k, v: (B, KVH, S, d) -> (B, H, d).
+
+    The query heads of a KV head are grouped as rows of one matmul (GQA without repeating keys).
+    Softmax in float32, as the eager path. Two batched matmuls: on CPU this beats the fused SDPA
+    kernel for a single query, whose thread-pool fan-out costs more than the arithmetic.
+    """
+    B, H, d = q.shape
+    KVH = k.shape[1]
+    scores = torch.matmul(q.view(B, KVH, H // KVH, d), k.transpose(2, 3)) * scale  # (B, KVH, H/KVH, S)
+    if bias is not None:
+        scores = scores + bias  # (B, 1, 1, S) broadcasts over heads
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
+    return torch.matmul(probs, v).view(B, H, d)
 
 
 class DecodeStep:
@@ -82,7 +99,7 @@ class DecodeStep:
         self.cos = cos.reshape(2 * max_slots, self.head_dim)
         self.sin = sin.reshape(2 * max_slots, self.head_dim)
         self.max_slots = max_slots
-        self.gqa = self.heads != self.kv_heads
+        self.scale = self.head_dim**-0.5
 
     def __call__(
         self,
@@ -111,11 +128,8 @@ class DecodeStep:
             k_cache, v_cache = cache.k[i], cache.v[i]  # (B, KVH, S, d)
             k_cache[:, :, slot] = qk[:, H:]
             v_cache[:, :, slot] = qkv[:, H + KVH :]
-            out = F.scaled_dot_product_attention(
-                qk[:, :H, None], k_cache[:, :, start : slot + 1], v_cache[:, :, start : slot + 1],
-                attn_mask=bias, enable_gqa=self.gqa,
-            )  # (B, H, 1, d)
-            x = x + _linear(out.view(B, 1, H * d), o_w)
+            out = _attend_one(qk[:, :H], k_cache[:, :, start : slot + 1], v_cache[:, :, start : slot + 1], bias, self.scale)
+            x = x + _linear(out.reshape(B, 1, H * d), o_w)
             gate, up = _linear(_rms_norm(x, ln2), gate_up_w).chunk(2, dim=-1)
             x = x + _linear(F.silu(gate) * up, down_w)
         cache.length = slot + 1

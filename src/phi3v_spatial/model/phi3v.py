@@ -258,6 +258,15 @@ class Phi3VForCausalLM(nn.Module):
             )
         return CausalLMOutput(logits=logits, loss=loss, hidden_states=hidden, past_key_values=cache)
 
+    # ------------------------------------------------------------------ generation
+    def generate(self, input_ids=None, attention_mask=None, pixel_values=None, image_sizes=None, **kwargs):
+        """Hugging Face-style generate: (B, L + new) ids, the prompt first (unchanged). Keywords
+        (max_new_tokens, do_sample, temperature, top_k, top_p, eos_token_id, streamer, ...) are those
+        of `phi3v_spatial.generation.hf_generate`, where the engine is."""
+        from ..generation import hf_generate
+
+        return hf_generate(self, input_ids, attention_mask, pixel_values, image_sizes, **kwargs)
+
     # ------------------------------------------------------------------ checkpoints
     @classmethod
     def from_pretrained(
