@@ -11,4 +11,13 @@ __all__ = [
     "ImageError",
     "Phi3VError",
     "PromptError",
+    "load",
 ]
+
+
+def __getattr__(name):  # `load` imports torch: only on first use, so `import phi3v_spatial` stays light
+    if name == "load":
+        from .api import load
+
+        return load
+    raise AttributeError(f"module 'phi3v_spatial' has no attribute {name!r}")
