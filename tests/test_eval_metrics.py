@@ -159,8 +159,8 @@ def test_actions():
     ]}
     good = [dict(p) for p in truth["value"]]
     good[0]["x"] = 0.53                              # 3 cm off
-    good[1]["grasp"] = "open"
-    good[0]["grasp"] = "close"
+    good[1]["grasp"] = "close"   # truth False: closed
+    good[0]["grasp"] = 1.0       # truth True: open
     r = M.score(truth, "Here is the plan: " + json.dumps(good))
     assert r["json_valid"] and r["success"] and r["grasp_correct"]
     assert r["pos_err"] == pytest.approx((0.03 + 0.0) / 2)
@@ -181,7 +181,9 @@ def test_actions():
 
 
 def test_normalize_grasp_and_chance():
-    assert M.normalize_grasp("Close") is True and M.normalize_grasp(0) is False and M.normalize_grasp(1.0) is True
+    # gripper opening, as the data engine writes it: 1.0 open, 0.0 closed
+    assert M.normalize_grasp("Close") is False and M.normalize_grasp(0) is False and M.normalize_grasp(1.0) is True
+    assert M.normalize_grasp("open") is True and M.normalize_grasp(True) is True and M.normalize_grasp(0.2) is False
     assert M.normalize_grasp("top") == "top"
     assert M.chance_level({"type": "choice", "options": ["a", "b", "c", "d"], "value": 0}) == 0.25
     assert M.chance_level({"type": "clock", "value": 1}) == pytest.approx(1 / 12)

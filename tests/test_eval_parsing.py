@@ -143,3 +143,17 @@ def test_parse_poses_shapes():
     assert not valid and [p["x"] for p in poses] == [0.1, 0.4] and [p["grasp"] for p in poses] == [True, False]
     assert math.isclose(poses[0]["yaw"], 1.57)
     assert P.parse_poses("move the arm left") == (None, False)
+    # the data engine's format: one JSON object per line, with comments
+    text = ('{"x":0.3,"y":0.1,"z":0.3,"roll":3.0,"pitch":1.57,"yaw":-0.1,"grasp":1.0} # Move Down\n'
+            '{"x":0.3,"y":0.1,"z":0.3,"roll":3.0,"pitch":1.57,"yaw":-0.1,"grasp":0.0}  # Gripper Close')
+    poses, valid = P.parse_poses(text)
+    assert valid and [p["grasp"] for p in poses] == [1.0, 0.0] and poses[1]["pitch"] == 1.57
+    poses, valid = P.parse_poses("Next: {x=0.3, y=0.1, z=0.4, roll=3.0, pitch=0.0, yaw=-0.1, grasp=1.0}")
+    assert not valid and poses == [{"x": 0.3, "y": 0.1, "z": 0.4, "roll": 3.0, "pitch": 0.0, "yaw": -0.1, "grasp": 1.0}]
+
+
+def test_json_values_several():
+    assert P.json_values('{"a": 1}\n{"b": 2} and [3]') == [{"a": 1}, {"b": 2}, [3]]
+    assert P.json_values('prose {"a": 1}\n```json\n{"b": 2}\n```') == [{"b": 2}]  # a fence wins
+    assert P.parse_boxes('{"label": "a", "bbox_2d": [1, 2, 3, 4]}\n{"label": "b", "bbox_2d": [5, 6, 7, 8]}') == [
+        [1, 2, 3, 4], [5, 6, 7, 8]]

@@ -103,16 +103,12 @@ def _user(text: str, n_images: int) -> list[dict]:
 
 
 def load_dataset(dataset_dir: str | Path) -> list[EvalSample]:
-    """Samples of a spatial dataset folder in the dataset schema (docs/dataset_schema.md)."""
+    """Samples of a spatial dataset folder (docs/dataset_schema.md), read with the data engine's
+    `iter_samples` (complete scenes only, `answer` / `meta` decoded)."""
+    from ..spatial import iter_samples
+
     root = Path(dataset_dir)
-    shards = sorted((root / "data").glob("*.jsonl"))
-    if not shards:
-        raise DataError(f"{root} is not a spatial dataset folder: no data/*.jsonl shards")
-    samples = []
-    for shard in shards:
-        for i, row in enumerate(read_records(shard)):
-            samples.append(sample_from_record(row, root, shard, i))
-    return samples
+    return [sample_from_record(row, root, None, i) for i, row in enumerate(iter_samples(root))]
 
 
 def sample_from_record(row: dict, root: Path, path: Path | None = None, i: int = 0) -> EvalSample:
@@ -130,11 +126,16 @@ def sample_from_record(row: dict, root: Path, path: Path | None = None, i: int =
         raise DataError(f"{where} ({row['id']}) has no prompt turns")
     names = row.get("images") or ([row["image"]] if row.get("image") else [])
     images = [Path(n) if Path(n).is_absolute() else root / n for n in names]
-    answer = row["answer"]
+    answer, meta = row["answer"], row.get("meta") or {}
+    try:  # stored as JSON strings in the shards (one column type for the datasets loader)
+        answer = json.loads(answer) if isinstance(answer, str) else answer
+        meta = json.loads(meta) if isinstance(meta, str) else meta
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{where} ({row['id']}): answer / meta is not valid JSON ({exc})") from exc
     if not isinstance(answer, dict) or "type" not in answer:
         raise DataError(f"{where} ({row['id']}): answer must be an object with a 'type'")
     return EvalSample(id=str(row["id"]), task=str(row["task"]), messages=messages, images=images,
-                      answer=answer, meta=dict(row.get("meta") or {}), root=root,
+                      answer=answer, meta=dict(meta), root=root,
                       reference=reference if isinstance(reference, str) else None)
 
 

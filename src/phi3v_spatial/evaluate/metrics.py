@@ -23,7 +23,7 @@ Definitions (metres for every length, after unit conversion):
 - actions             JSON validity: the answer held strict JSON with poses; position error: mean
                       Euclidean distance of the i-th predicted position to the i-th true one;
                       success: as many poses as the truth, each within 5 cm; grasp accuracy: every
-                      grasp value equal to the truth's.
+                      grasp value equal to the truth's (as gripper opening: 1 open, 0 closed).
 
 The per-sample `correct` is the task's headline score: exact match for yes/no, choice, clock and
 count; within 25% for quantities; the grounding and success criteria above for the rest.
@@ -137,15 +137,17 @@ def pope_metrics(preds: list[bool | None], truths: list[bool]) -> dict:
 
 
 def normalize_grasp(value):
-    """Grasp values compared across spellings: bools, 0/1, "close"/"open", "grasp"/"release"."""
-    if isinstance(value, bool) or value is None:
-        return value
-    if isinstance(value, (int, float)):
-        return value > 0.5
+    """A grasp value as the gripper opening the data engine writes (1.0 open, 0.0 closed), thresholded
+    at 0.5: numbers and bools compare as open (True) / closed (False); "open"/"release" are open,
+    "close"/"closed"/"grasp"/"grip" closed; any other string compares as itself."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, int, float)):
+        return float(value) > 0.5
     low = str(value).strip().lower()
-    if low in ("true", "1", "close", "closed", "grasp", "grip", "yes", "on"):
+    if low in ("open", "opened", "release", "true", "1", "1.0"):
         return True
-    if low in ("false", "0", "open", "opened", "release", "no", "off"):
+    if low in ("close", "closed", "grasp", "grip", "false", "0", "0.0"):
         return False
     return low
 

@@ -210,30 +210,51 @@ def parse_count(text: str) -> int | None:
 _FENCE_RE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
 
 
-def extract_json(text: str, strict: bool = False):
-    """The first JSON object or array in `text` (inside a ``` fence or embedded in prose).
+def json_values(text: str, strict: bool = False) -> list:
+    """Every top-level JSON object or array in `text`, in order: inside ``` fences when there
+    are any, else anywhere in the prose ("one per line" JSONL answers give several).
 
-    With strict=False a Python literal (single quotes, True/False) is accepted too. Returns None
-    when there is none."""
-    candidates = [m.group(1) for m in _FENCE_RE.finditer(text)] + [text]
+    With strict=False a Python literal (single quotes, True/False) is accepted too."""
+    fenced = [m.group(1) for m in _FENCE_RE.finditer(text)]
+    for chunks in ((fenced, [text]) if fenced else ([text],)):
+        values = [v for chunk in chunks for v in _scan_json(chunk, strict)]
+        if values:
+            return values
+    return []
+
+
+def _scan_json(chunk: str, strict: bool) -> list:
     decoder = json.JSONDecoder()
-    for chunk in candidates:
-        for start in (i for i, c in enumerate(chunk) if c in "[{"):
-            try:
-                value, _ = decoder.raw_decode(chunk, start)
-                return value
-            except json.JSONDecodeError:
-                pass
-            if not strict:
-                end = _matching_bracket(chunk, start)
-                if end is not None:
-                    try:
-                        value = ast.literal_eval(chunk[start:end + 1])
-                    except (ValueError, SyntaxError, MemoryError, RecursionError):
-                        continue
-                    if isinstance(value, (list, dict, tuple)):
-                        return value
-    return None
+    values, i = [], 0
+    while True:
+        starts = [k for k in (chunk.find("[", i), chunk.find("{", i)) if k >= 0]
+        if not starts:
+            return values
+        start = min(starts)
+        try:
+            value, i = decoder.raw_decode(chunk, start)
+            values.append(value)
+            continue
+        except json.JSONDecodeError:
+            pass
+        if not strict:
+            end = _matching_bracket(chunk, start)
+            if end is not None:
+                try:
+                    value = ast.literal_eval(chunk[start:end + 1])
+                except (ValueError, SyntaxError, MemoryError, RecursionError):
+                    value = None
+                if isinstance(value, (list, dict, tuple)):
+                    values.append(value)
+                    i = end + 1
+                    continue
+        i = start + 1
+
+
+def extract_json(text: str, strict: bool = False):
+    """The first JSON object or array in `text` (see `json_values`), or None."""
+    values = json_values(text, strict)
+    return values[0] if values else None
 
 
 def _matching_bracket(s: str, start: int) -> int | None:
@@ -296,8 +317,7 @@ _POINT_KEYS = ("point_2d", "point", "xy")
 def parse_boxes(text: str) -> list[list[float]] | None:
     """Boxes [x1, y1, x2, y2]: JSON (`[{"label": .., "bbox_2d": [..]}]`, `{"bbox": [..]}`, `[..]`)
     or bracketed quadruples / "(x1,y1),(x2,y2)" pairs in prose. Corners are sorted."""
-    value = extract_json(text)
-    boxes = _collect(value, _BOX_KEYS, 4) if value is not None else []
+    boxes = _collect(json_values(text), _BOX_KEYS, 4)
     if not boxes:
         for m in re.finditer(rf"[\[\(]\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*[\]\)]", text):
             boxes.append([float(g) for g in m.groups()])
@@ -312,8 +332,7 @@ def parse_boxes(text: str) -> list[list[float]] | None:
 def parse_points(text: str) -> list[list[float]] | None:
     """Points [x, y]: JSON (`[{"label": .., "point_2d": [x, y]}]`, `[[x, y], ..]`, `[x, y]`) or
     "(x, y)" pairs in prose."""
-    value = extract_json(text)
-    points = _collect(value, _POINT_KEYS, 2) if value is not None else []
+    points = _collect(json_values(text), _POINT_KEYS, 2)
     if not points:
         points = [[float(a), float(b)] for a, b in re.findall(rf"[\[\(]\s*({_NUM})\s*,\s*({_NUM})\s*[\]\)]", text)]
     return points or None
@@ -378,12 +397,10 @@ def parse_poses(text: str) -> tuple[list[dict] | None, bool]:
 
     Returns (poses or None, json_valid) where json_valid says the answer held strict JSON with
     at least one pose."""
-    strict = extract_json(text, strict=True)
-    poses = _pose_dicts(strict) if strict is not None else []
+    poses = _pose_dicts(json_values(text, strict=True))
     if poses:
         return poses, True
-    loose = extract_json(text)
-    poses = _pose_dicts(loose) if loose is not None else []
+    poses = _pose_dicts(json_values(text))
     if poses:
         return poses, False
     for line in text.splitlines():

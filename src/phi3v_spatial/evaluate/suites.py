@@ -7,13 +7,19 @@ A suite spec is one of:
   dir:PATH                     any spatial dataset folder (docs/dataset_schema.md)
   vsr:PATH / pope:PATH / mc:PATH   a public benchmark file (see `loaders`)
 
-Generated suites live in `<cache>/suites/<name>-v<SUITE_VERSION>`, where <cache> is
-$PHI3V_SPATIAL_CACHE, else $XDG_CACHE_HOME/phi3v_spatial, else ~/.cache/phi3v_spatial. A suite
-folder is written under a temporary name and renamed when complete, so an interrupted build
-never leaves a half suite behind. Bump SUITE_VERSION when the generator's output changes.
+spatial-mini is 16 scenes (~400 samples, every task, for CI and quick checks), spatial-full 200
+other scenes (~5,000 samples). Scene i of a suite uses seed EVAL_SEED_BASE + offset + i, so the two
+are disjoint and a smaller `num_scenes` gives a prefix of the same scenes.
+
+Generated suites live in `<cache>/suites/<name>-v<SUITE_VERSION>-<generator hash>`, where <cache>
+is $PHI3V_SPATIAL_CACHE, else $XDG_CACHE_HOME/phi3v_spatial, else ~/.cache/phi3v_spatial; a new
+data-engine version (its GENERATOR string) gets a new folder. A suite is generated in
+`.<folder>.partial` (an interrupted build resumes there; one builder at a time) and renamed when
+complete, with `suite.json` recording what it is.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -29,13 +35,12 @@ SUITE_VERSION = 1
 @dataclass(frozen=True)
 class SuiteSpec:
     num_scenes: int
-    seed_offset: int  # added to spatial.EVAL_SEED_BASE
+    seed_offset: int  # first scene's seed = spatial.EVAL_SEED_BASE + seed_offset
 
 
-# spatial-full's scenes start where spatial-mini's end: the two are disjoint.
 SPATIAL_SUITES = {
-    "spatial-mini": SuiteSpec(num_scenes=40, seed_offset=0),
-    "spatial-full": SuiteSpec(num_scenes=500, seed_offset=1_000),
+    "spatial-mini": SuiteSpec(num_scenes=16, seed_offset=0),
+    "spatial-full": SuiteSpec(num_scenes=200, seed_offset=1_000),
 }
 MARKER = "suite.json"
 
@@ -47,38 +52,41 @@ def cache_dir() -> Path:
     return base / "phi3v_spatial"
 
 
-def suite_dir(name: str, root: str | Path | None = None) -> Path:
-    return Path(root or cache_dir() / "suites") / f"{name}-v{SUITE_VERSION}"
+def suite_dir(name: str, root: str | Path | None = None, generator: str = "") -> Path:
+    tag = hashlib.sha1(generator.encode()).hexdigest()[:8] if generator else "any"
+    return Path(root or cache_dir() / "suites") / f"{name}-v{SUITE_VERSION}-{tag}"
 
 
 def build_suite(name: str, root: str | Path | None = None, num_scenes: int | None = None, workers: int = 1,
                 progress: bool = False) -> Path:
     """The folder of generated suite `name`, generating it first if it is not cached.
 
-    `num_scenes` overrides the suite's size (a prefix of the same scenes; cached separately)."""
+    `num_scenes` takes the first scenes only (cached as its own folder)."""
     if name not in SPATIAL_SUITES:
         raise DataError(f"unknown suite {name!r}; generated suites are {sorted(SPATIAL_SUITES)}")
     from .. import spatial
+    from ..spatial.generate import GENERATOR
 
     spec = SPATIAL_SUITES[name]
     n = spec.num_scenes if num_scenes is None else num_scenes
     if n < 1:
         raise DataError(f"a suite needs at least one scene, got {n}")
-    final = suite_dir(name if num_scenes is None else f"{name}-{n}scenes", root)
+    final = suite_dir(name if num_scenes is None else f"{name}-{n}scenes", root, GENERATOR)
     if (final / MARKER).is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    partial = final.parent / f".{final.name}.partial"
     seed = spatial.EVAL_SEED_BASE + spec.seed_offset
-    spatial.synthesize(tmp, num_scenes=n, seed=seed, workers=workers, progress=progress)
-    (tmp / MARKER).write_text(json.dumps({"suite": name, "version": SUITE_VERSION, "num_scenes": n, "seed": seed}) + "\n")
+    spatial.synthesize(partial, num_scenes=n, seed=seed, workers=workers, progress=progress)
+    info = {"suite": name, "suite_version": SUITE_VERSION, "generator": GENERATOR, "num_scenes": n,
+            "seed_range": [seed, seed + n - 1]}
+    (partial / MARKER).write_text(json.dumps(info, indent=2) + "\n")
     try:
-        os.replace(tmp, final)
+        os.replace(partial, final)
     except OSError:
-        if not (final / MARKER).is_file():  # lost a race to another process: theirs is as good
+        if not (final / MARKER).is_file():
             raise
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(partial, ignore_errors=True)  # another process finished it first
     return final
 
 
