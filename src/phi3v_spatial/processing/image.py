@@ -23,7 +23,7 @@ import json
 import mmap
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -41,6 +41,7 @@ DEFAULT_NUM_CROPS = 16  # the real checkpoint's preprocessor_config.json
 DEFAULT_MAX_PIXELS = 1 << 26  # ~67 megapixels: above any phone camera, far below a decompression bomb
 WHITE = 255
 _SPLIT_MIN_PIXELS = 400_000  # below this, splitting one image across threads costs more than it saves
+_BAND = 48  # rows normalised and copied at a time (divides 336; ~1 MB of float32, stays in cache)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -120,7 +121,8 @@ def load_image(x: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
 
     Accepts a PIL image in any mode, a file path, encoded bytes, a binary file object, a numpy HxWxC
     uint8 array or a CHW torch tensor. Encoded images are checked against `max_pixels` from their
-    header, before any pixel is decoded, so a decompression bomb fails in microseconds.
+    header, before any pixel is decoded, so a decompression bomb fails in microseconds. EXIF
+    orientation is not applied (the original does not either: the model saw pixels as stored).
     """
     name = _describe(x)
     if isinstance(x, Image.Image):
@@ -264,32 +266,29 @@ def _norm_constants(mean: Sequence[float], std: Sequence[float]) -> tuple[np.nda
     return m, s, white
 
 
-def _normalize_into(dst: np.ndarray, src_chw: np.ndarray, mean: np.ndarray, std: np.ndarray) -> None:
-    """dst = (src / 255 - mean) / std in float32, op by op as the original (ToTensor + Normalize)."""
-    np.divide(src_chw, np.float32(255), out=dst, dtype=np.float32)
-    np.subtract(dst, mean, out=dst)
-    np.divide(dst, std, out=dst)
-
-
 class _ImageJob:
-    """One image's HD transform. `full` is the padded normalised image (3, H, W), final frame;
-    the tiles are written into `out` ((num_crops + 1, 3, 336, 336) numpy view of the result)."""
+    """One image's HD transform. `full` is the padded normalised image (3, H, W) in the final frame;
+    the tiles are written into `out` ((num_crops + 1, 3, 336, 336) numpy view of the result).
+    Work is done in bands of rows so a band is normalised, padded and copied into its tiles while
+    it is still in cache."""
 
-    def __init__(self, img: Image.Image, layout: _Layout, out: np.ndarray, norm: tuple, full: np.ndarray):
+    def __init__(self, img: Image.Image, layout: _Layout, out: np.ndarray, norm: tuple):
         self.img, self.layout, self.out = img, layout, out
         self.mean, self.std, self.white = norm
-        self.full = full  # (3, *padded_hw) float32 scratch
-        # landscape-frame view of `full`: writes below never need to know about the transposition
-        self.land = self.full.transpose(0, 2, 1) if layout.transposed else self.full
+        self.full: np.ndarray | None = None  # (3, *padded_hw) float32 scratch, taken when work starts
+
+    def release(self) -> None:
+        if self.full is not None:
+            _SCRATCH.give(self.full)
+            self.full = None
 
     # -- whole image on one thread ------------------------------------------------------------
     def run(self) -> None:
-        rgb = self.prepare()
-        resized = rgb.resize(self.layout.resized_wh, Image.BILINEAR)
-        self.write_columns(np.asarray(resized), 0)
-        self.copy_tiles(0, self.layout.resized_wh[0])
+        resized = self.prepare().resize(self.layout.resized_wh, Image.BILINEAR)
+        self.fill([np.asarray(band) for band in resized.split()], 0)
 
     def prepare(self) -> Image.Image:
+        self.full = _SCRATCH.take((3, *self.layout.padded_hw))
         rgb = to_rgb(self.img)
         return rgb.transpose(Image.TRANSPOSE) if self.layout.transposed else rgb
 
@@ -299,35 +298,45 @@ class _ImageJob:
 
     def vertical_band(self, mid: Image.Image, x0: int, x1: int) -> None:
         band = mid.crop((x0, 0, x1, mid.size[1])).resize((x1 - x0, self.layout.resized_wh[1]), Image.BILINEAR)
-        self.write_columns(np.asarray(band), x0)
-        self.copy_tiles(x0, x1)
+        self.fill([np.asarray(b) for b in band.split()], x0)
 
     # -- shared steps ----------------------------------------------------------------------------
-    def write_columns(self, rgb_hwc: np.ndarray, x0: int) -> None:
-        """Normalise resized landscape columns [x0, x0 + w) into `full`, white padding included."""
-        h, w = rgb_hwc.shape[:2]
-        top = self.layout.top
-        cols = self.land[:, :, x0 : x0 + w]  # (3, padded_h, w)
-        _normalize_into(cols[:, top : top + h], rgb_hwc.transpose(2, 0, 1), self.mean, self.std)
-        cols[:, :top] = self.white
-        cols[:, top + h :] = self.white
+    def fill(self, planes: list[np.ndarray], x0: int) -> None:
+        """Normalise resized landscape columns [x0, x0 + w) (three uint8 planes, landscape frame)
+        into `full`, write the white padding, and copy that part of `full` into the tiles."""
+        lay, (_, height, width) = self.layout, self.full.shape
+        nh, w = planes[0].shape
+        if lay.transposed:  # landscape columns are final rows; the padding is left and right
+            planes = [p.T for p in planes]
+            rows, cols, img_rows, img_cols = (x0, x0 + w), (0, width), (x0, x0 + w), (lay.top, lay.top + nh)
+        else:
+            rows, cols, img_rows, img_cols = (0, height), (x0, x0 + w), (lay.top, lay.top + nh), (x0, x0 + w)
+        for start in range(rows[0] - rows[0] % _BAND, rows[1], _BAND):
+            a, b = max(start, rows[0]), min(start + _BAND, rows[1])
+            ia, ib = max(a, img_rows[0]), min(b, img_rows[1])
+            if ia < ib:
+                for c, plane in enumerate(planes):
+                    dst = self.full[c, ia:ib, img_cols[0] : img_cols[1]]
+                    np.divide(plane[ia - img_rows[0] : ib - img_rows[0]], np.float32(255), out=dst, dtype=np.float32)
+                    np.subtract(dst, self.mean[c], out=dst)  # (u8 / 255 - mean) / std, op by op, float32
+                    np.divide(dst, self.std[c], out=dst)
+                self.full[:, ia:ib, cols[0] : img_cols[0]] = self.white
+                self.full[:, ia:ib, img_cols[1] : cols[1]] = self.white
+            else:
+                ia = ib = b
+            self.full[:, a:ia, cols[0] : cols[1]] = self.white
+            self.full[:, ib:b, cols[0] : cols[1]] = self.white
+            self.copy_tiles((a, b), cols)
 
-    def copy_tiles(self, x0: int, x1: int) -> None:
-        """Copy the part of every 336x336 tile that lies in landscape columns [x0, x1) into `out`."""
-        rows, cols = self.layout.grid
-        for r in range(rows):
-            for c in range(cols):
-                ys, xs = slice(r * CROP_SIZE, (r + 1) * CROP_SIZE), slice(c * CROP_SIZE, (c + 1) * CROP_SIZE)
-                # the landscape column range is a row range of the final frame when transposed
-                lo, hi = (ys.start, ys.stop) if self.layout.transposed else (xs.start, xs.stop)
-                a, b = max(lo, x0), min(hi, x1)
-                if a >= b:
-                    continue
-                tile = self.out[1 + r * cols + c]
-                if self.layout.transposed:
-                    tile[:, a - lo : b - lo, :] = self.full[:, a:b, xs]
-                else:
-                    tile[:, :, a - lo : b - lo] = self.full[:, ys, a:b]
+    def copy_tiles(self, rows: tuple[int, int], cols: tuple[int, int]) -> None:
+        """Copy the rectangle rows x cols of `full` into the tiles it overlaps (row-major order)."""
+        grid_cols = self.layout.grid[1]
+        for r in range(rows[0] // CROP_SIZE, -(-rows[1] // CROP_SIZE)):
+            ya, yb = max(rows[0], r * CROP_SIZE), min(rows[1], (r + 1) * CROP_SIZE)
+            for c in range(cols[0] // CROP_SIZE, -(-cols[1] // CROP_SIZE)):
+                xa, xb = max(cols[0], c * CROP_SIZE), min(cols[1], (c + 1) * CROP_SIZE)
+                tile = self.out[1 + r * grid_cols + c]
+                tile[:, ya - r * CROP_SIZE : yb - r * CROP_SIZE, xa - c * CROP_SIZE : xb - c * CROP_SIZE] = self.full[:, ya:yb, xa:xb]
 
     def global_view(self) -> None:
         """Bicubic 336x336 view of the whole padded image (torch, as the original)."""
@@ -341,12 +350,19 @@ def _bands(n: int, parts: int) -> list[tuple[int, int]]:
     return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 
+def _map_all(pool: ThreadPoolExecutor, fn, items) -> list:
+    """pool.map that lets every task finish before raising (none may still write into buffers)."""
+    futures = [pool.submit(fn, *item) for item in items]
+    wait(futures)
+    return [f.result() for f in futures]
+
+
 def _run_split(job: _ImageJob, pool: ThreadPoolExecutor, parts: int) -> None:
     """One image on `parts` threads: horizontal pass by row bands, vertical pass by column bands."""
     rgb = job.prepare()
     (w, h), (nw, nh) = rgb.size, job.layout.resized_wh
     if nw != w:  # horizontal pass (PIL's first), by row bands, assembled into the 8-bit intermediate
-        pieces = list(pool.map(lambda yy: job.horizontal_band(rgb, *yy), _bands(h, parts)))
+        pieces = _map_all(pool, lambda y0, y1: job.horizontal_band(rgb, y0, y1), _bands(h, parts))
         mid = Image.new(rgb.mode, (nw, h))
         y = 0
         for p in pieces:
@@ -355,13 +371,14 @@ def _run_split(job: _ImageJob, pool: ThreadPoolExecutor, parts: int) -> None:
     else:  # PIL skips the horizontal pass
         mid = rgb
     # vertical pass by column bands (a plain crop when nh == h, as PIL then skips it)
-    list(pool.map(lambda xx: job.vertical_band(mid, *xx), _bands(nw, parts)))
+    _map_all(pool, lambda x0, x1: job.vertical_band(mid, x0, x1), _bands(nw, parts))
 
 
 # ----------------------------------------------------------------------------------------------
 # Threads
 
-_POOL: ThreadPoolExecutor | None = None
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
 
 
 def available_cores() -> int:
@@ -374,11 +391,12 @@ def available_cores() -> int:
 _SCRATCH = _ScratchPool(keep=max(2, available_cores()) + 1)
 
 
-def _pool() -> ThreadPoolExecutor:
-    global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=max(2, available_cores()), thread_name_prefix="phi3v-image")
-    return _POOL
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """A process-wide pool of `workers` threads (created once per size, threads start lazily)."""
+    with _POOLS_LOCK:
+        if workers not in _POOLS:
+            _POOLS[workers] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="phi3v-image")
+        return _POOLS[workers]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -460,14 +478,12 @@ class Phi3VImageProcessor:
         for i, (img, lay) in enumerate(zip(loaded, layouts)):
             rows, cols = lay.grid
             out[i, 1 + rows * cols :] = 0.0  # zero tiles up to num_crops + 1 (and to the batch's widest)
-            jobs.append(_ImageJob(img, lay, out[i], self._norm, _SCRATCH.take((3, *lay.padded_hw))))
+            jobs.append(_ImageJob(img, lay, out[i], self._norm))
         try:
             self._run(jobs)
         finally:
             for job in jobs:
-                if job.full is not None:
-                    _SCRATCH.give(job.full)
-                    job.full = job.land = None
+                job.release()
         image_sizes = torch.tensor([lay.padded_hw for lay in layouts], dtype=torch.long).reshape(-1, 2)
         num_tokens = [num_image_tokens_for_padded(*lay.padded_hw) for lay in layouts]
         return pixel_values, image_sizes, num_tokens
@@ -479,7 +495,7 @@ class Phi3VImageProcessor:
                 job.run()
                 job.global_view()
             return
-        pool = _pool()
+        pool = _pool(workers)
         if len(jobs) == 1:
             job = jobs[0]
             w, h = job.layout.resized_wh
@@ -491,11 +507,15 @@ class Phi3VImageProcessor:
             return
         # one image per task; the calling thread computes each global view (torch) as images finish
         futures = [pool.submit(job.run) for job in jobs]
-        for job, fut in zip(jobs, futures):
-            fut.result()
-            job.global_view()
-            _SCRATCH.give(job.full)  # reusable by the images still queued
-            job.full = job.land = None
+        try:
+            for job, fut in zip(jobs, futures):
+                fut.result()
+                job.global_view()
+                job.release()  # the scratch image is reusable by the images still queued
+        finally:
+            for fut in futures:
+                fut.cancel()
+            wait(futures)  # nothing may still write into `out` or a scratch buffer after we return
 
 
 def _check_num_crops(nc: Any) -> int:
