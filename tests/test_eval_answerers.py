@@ -177,3 +177,21 @@ def test_random_and_constant_baselines():
     assert ConstantAnswerer("yes").answer(samples[:2]) == ["yes", "yes"]
     with pytest.raises(DataError, match="reference"):
         OracleAnswerer("reference").answer(samples[:1])
+
+
+def test_cli_scores_an_endpoint_on_a_vsr_file(server, tmp_path, capsys):
+    from phi3v_spatial import cli
+
+    Image.new("RGB", (8, 6)).save(tmp_path / "a.jpg")
+    rows = [{"image": "a.jpg", "caption": f"The cup is left of the bowl {i}.", "label": i % 2, "relation": "left of"}
+            for i in range(4)]
+    (tmp_path / "vsr.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    url = f"http://127.0.0.1:{server.server_port}/v1"
+    rc = cli.main(["eval", "--endpoint", url, "--suite", f"vsr:{tmp_path / 'vsr.jsonl'}", "--out", str(tmp_path / "o"),
+                   "--batch-size", "2", "--timeout", "10", "--no-progress", "--no-charts"])
+    assert rc == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["num_samples"] == 4 and last["score"] == 0.5  # the server always says yes; half the labels are 1
+    assert len(server.state["requests"]) == 4
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["relations"]["left of"]["n"] == 4 and summary["tasks"]["vsr"]["pope_yes_ratio"] == 1.0

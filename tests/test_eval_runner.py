@@ -191,6 +191,25 @@ def test_local_answerer_batches_parts(dataset, tmp_path):
     assert records[0]["text"] == "Yes." and records[0]["correct"]
 
 
+def test_cli_model_path_wiring(tmp_path, monkeypatch, capsys):
+    import phi3v_spatial
+
+    seen = {}
+
+    def fake_load(path, device="cpu", dtype="float32", num_crops=None):
+        seen.update(path=path, device=device, dtype=dtype, num_crops=num_crops)
+        return FakeModel()
+
+    monkeypatch.setattr(phi3v_spatial, "load", fake_load, raising=False)
+    root = write_dataset(tmp_path / "ds", scenes=1)
+    rc = cli.main(["eval", "--model", str(tmp_path / "ckpt"), "--suite", f"dir:{root}", "--out", str(tmp_path / "o"),
+                   "--dtype", "bfloat16", "--num-crops", "4", "--batch-size", "3", "--no-progress", "--no-charts"])
+    assert rc == 0
+    assert seen == {"path": str(tmp_path / "ckpt"), "device": "cpu", "dtype": "bfloat16", "num_crops": 4}
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["answerer"] == "local:ckpt" and last["num_samples"] == 10
+
+
 def test_tiny_checkpoint_end_to_end(dataset, tmp_path, tiny_checkpoint):
     phi3v_spatial = pytest.importorskip("phi3v_spatial")
     if not hasattr(phi3v_spatial, "load"):

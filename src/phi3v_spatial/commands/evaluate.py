@@ -25,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=256, help="answer length limit (default 256)")
     parser.add_argument("--device", default="cpu", help="--model: torch device (default cpu)")
     parser.add_argument("--dtype", default="float32", help="--model: float32 | bfloat16 | float16 (default float32)")
+    parser.add_argument("--num-crops", type=int, help="--model: HD crops per image (default: the checkpoint's)")
     parser.add_argument("--endpoint-model", metavar="NAME", help="--endpoint: model name (default: the first the server lists)")
     parser.add_argument("--api-key", default=None, help="--endpoint: bearer token (default $OPENAI_API_KEY)")
     parser.add_argument("--timeout", type=float, default=120.0, help="--endpoint: seconds per request (default 120)")
@@ -39,7 +40,7 @@ def make_answerer(args):
 
     if args.model:
         return answerers.LocalModelAnswerer.from_path(args.model, device=args.device, dtype=args.dtype,
-                                                      max_new_tokens=args.max_new_tokens)
+                                                      max_new_tokens=args.max_new_tokens, num_crops=args.num_crops)
     if args.endpoint:
         return answerers.EndpointAnswerer(args.endpoint, model=args.endpoint_model,
                                           api_key=args.api_key or os.environ.get("OPENAI_API_KEY"),

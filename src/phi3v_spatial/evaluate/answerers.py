@@ -87,10 +87,10 @@ class LocalModelAnswerer:
 
     @classmethod
     def from_path(cls, model_path: str | Path, device: str = "cpu", dtype: str = "float32",
-                  max_new_tokens: int = 256) -> "LocalModelAnswerer":
+                  max_new_tokens: int = 256, num_crops: int | None = None) -> "LocalModelAnswerer":
         import phi3v_spatial
 
-        model = phi3v_spatial.load(str(model_path), device=device, dtype=dtype)
+        model = phi3v_spatial.load(str(model_path), device=device, dtype=dtype, num_crops=num_crops)
         return cls(model, max_new_tokens=max_new_tokens, name=f"local:{Path(model_path).name}")
 
     def answer(self, samples: Sequence[EvalSample]) -> list[str]:
