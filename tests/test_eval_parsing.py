@@ -36,6 +36,8 @@ from phi3v_spatial.evaluate import parsing as P
     ("The mug is 1,200 mm from the bowl (about 4 feet).", 1.2),
     ("Roughly 3.2 m, or 320 cm.", 3.2),
     ("The distance is .5 m", 0.5),
+    ("1,5 m", 1.5),                  # decimal comma
+    ("12,25 cm", 0.1225),
 ])
 def test_parse_quantity_units(text, metres):
     assert P.parse_quantity(text) == pytest.approx(metres, rel=1e-9)
@@ -114,6 +116,8 @@ def test_extract_json_from_prose_and_fences():
     ('The box is {"bbox": [110, 220, 10, 20]}.', [[10, 20, 110, 220]]),  # corners sorted
     ("[10, 20, 110, 220]", [[10, 20, 110, 220]]),
     ("mug at (10, 20), (110, 220)", [[10, 20, 110, 220]]),
+    ("mug at (10,20),(110,220)", [[10, 20, 110, 220]]),
+    ("box (1,200,300,400)", [[1, 200, 300, 400]]),
     ('[{"bbox_2d": [0, 0, 5, 5]}, {"bbox_2d": [5, 5, 9, 9]}]', [[0, 0, 5, 5], [5, 5, 9, 9]]),
     ("nothing", None),
 ])
@@ -125,6 +129,7 @@ def test_parse_boxes(text, boxes):
     ('[{"label": "mug", "point_2d": [500, 250]}]', [[500, 250]]),
     ("[[1, 2], [3, 4]]", [[1, 2], [3, 4]]),
     ("the mug is at (500, 250)", [[500, 250]]),
+    ("the mug is at (5,25)", [[5, 25]]),
     ("[500, 250]", [[500, 250]]),
     ("nowhere", None),
 ])

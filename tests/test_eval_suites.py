@@ -60,6 +60,7 @@ def test_spatial_mini_is_cached_and_deterministic(mini_dir, tmp_path, monkeypatc
 @pytest.mark.parametrize("mode", ["structured", "reference"])
 def test_oracle_scores_100_on_every_task(mini, tmp_path, mode):
     summary = evaluate(mini, OracleAnswerer(mode), tmp_path / mode, suite="spatial-mini", batch_size=64, charts=False)
+    assert summary["run"]["suite_info"]["seed_range"][0] == spatial.EVAL_SEED_BASE
     bad = {t: a["score"] for t, a in summary["tasks"].items() if a["score"] != 1.0}
     assert not bad, f"oracle ({mode}) below 100% on {bad}"
     assert set(summary["tasks"]) == set(spatial.TASKS)

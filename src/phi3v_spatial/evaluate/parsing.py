@@ -40,7 +40,8 @@ UNIT_METRES = {
     "ft": 0.3048, "foot": 0.3048, "feet": 0.3048, "'": 0.3048, "\u2032": 0.3048,
     "yd": 0.9144, "yard": 0.9144, "yards": 0.9144,
 }
-_NUM = r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|[-+]?\.\d+"
+# "1,200" is thousands, "1,5" a decimal comma, "1.5" / ".5" decimals
+_NUM = r"[-+]?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+,\d{1,2}(?!\d)|\d+)(?:\.\d+)?|[-+]?\.\d+"
 _WORD_NUM = "|".join(sorted(_NUMBER_WORDS, key=len, reverse=True))
 _UNIT = "|".join(re.escape(u) for u in sorted(UNIT_METRES, key=len, reverse=True))
 # "1.5 m", "1.5m", "one and a half metres", "1-2 m", "1 to 2 feet", "5'6\"", "5 ft 6 in"
@@ -63,6 +64,13 @@ def _to_float(token: str) -> float | None:
     m = re.fullmatch(rf"({_WORD_NUM})\s+and\s+a\s+half", token)
     if m:
         return _NUMBER_WORDS[m.group(1)] + 0.5
+    return _num(token)
+
+
+def _num(token: str) -> float | None:
+    token = token.strip()
+    if re.fullmatch(r"[-+]?\d+,\d{1,2}", token):
+        token = token.replace(",", ".")
     try:
         return float(token.replace(",", ""))
     except ValueError:
@@ -87,15 +95,15 @@ def parse_quantity(text: str, default_unit: str | None = None) -> float | None:
         if unit == "in" and (not re.match(_NUM, m.group("a"))
                              or re.match(r"\s+(?:the|a|an|this|that|front|there)\b", text[m.end("unit"):], re.I)):
             continue  # "one in the corner", "2 in the box"
-        value = a if m.group("b") is None else (a + float(m.group("b").replace(",", ""))) / 2
+        value = a if m.group("b") is None else (a + _num(m.group("b"))) / 2
         metres = value * UNIT_METRES[unit]
         if m.group("in"):
-            metres += float(m.group("in").replace(",", "")) * UNIT_METRES["in"]
+            metres += _num(m.group("in")) * UNIT_METRES["in"]
         return metres
     if default_unit is not None:
         m = _BARE_NUM_RE.search(text)
         if m:
-            return float(m.group(1).replace(",", "")) * UNIT_METRES[default_unit.lower()]
+            return _num(m.group(1)) * UNIT_METRES[default_unit.lower()]
     return None
 
 

@@ -121,12 +121,15 @@ def draw_charts(summary: dict, records: list[dict], out_dir: Path) -> list[str]:
     return written
 
 
-def write_report(records: list[dict], out_dir: str | Path, title: str = "evaluation", charts: bool = True) -> dict:
-    """Summarize `records` into OUT/summary.json, OUT/report.md and the PNG charts; returns the summary."""
+def write_report(records: list[dict], out_dir: str | Path, title: str = "evaluation", charts: bool = True,
+                 run_info: dict | None = None) -> dict:
+    """Summarize `records` into OUT/summary.json, OUT/report.md and the PNG charts; returns the summary
+    (with `run_info`, e.g. suite and answerer, under "run")."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = metrics.summarize(records)
     summary["title"] = title
+    summary["run"] = dict(run_info or {})
     summary["task_types"] = {t: next(r["type"] for r in records if r["task"] == t) for t in summary["tasks"]}
     summary["charts"] = draw_charts(summary, records, out_dir) if charts else []
     (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")

@@ -122,4 +122,9 @@ def evaluate(samples: Sequence[EvalSample], answerer: Answerer, out_dir: str | P
     from .report import write_report
 
     records = run(samples, answerer, out_dir, suite=suite, batch_size=batch_size, limit=limit, progress=progress)
-    return write_report(records, out_dir, title=f"{answerer.name} on {suite}", charts=charts)
+    run_info = {"suite": suite, "answerer": answerer.name}
+    roots = {s.root for s in samples if s.root is not None}
+    marker = next(iter(roots)) / "suite.json" if len(roots) == 1 else None
+    if marker is not None and marker.is_file():  # a generated suite: record which one exactly
+        run_info["suite_info"] = json.loads(marker.read_text())
+    return write_report(records, out_dir, title=f"{answerer.name} on {suite}", charts=charts, run_info=run_info)
