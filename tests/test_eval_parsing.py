@@ -64,7 +64,7 @@ def test_format_quantity_roundtrips(unit):
     ("Yes", True), ("yes.", True), ("Yes, the cup is left of the plate.", True), ("Yeah", True),
     ("Correct.", True), ("True", True), ("No", False), ("no.", False), ("Nope", False),
     ("The cup is not left of the plate.", False), ("False", False), ("It isn't.", False),
-    ("I don't know", False), ("There is a cat", None), ("", None), ("It is to the right.", None),
+    ("I don't know", None), ("I cannot tell.", None), ("Not sure, but yes.", True), ("I can't see one, no.", False), ("There is a cat", None), ("", None), ("It is to the right.", None),
 ])
 def test_parse_yesno(text, value):
     assert P.parse_yesno(text) is value

@@ -173,7 +173,8 @@ class FakeModel:
     def __init__(self):
         self.calls = []
 
-    def chat_batch(self, conversations, max_new_tokens=256, temperature=0.0):
+    def chat_batch(self, conversations, batch_size=16, max_new_tokens=256, temperature=0.0):
+        assert batch_size == len(conversations)  # the runner's batch is decoded as one batch
         self.calls.append((conversations, max_new_tokens, temperature))
 
         class R:

@@ -94,7 +94,7 @@ class LocalModelAnswerer:
         return cls(model, max_new_tokens=max_new_tokens, name=f"local:{Path(model_path).name}")
 
     def answer(self, samples: Sequence[EvalSample]) -> list[str]:
-        results = self.model.chat_batch([conversation(s) for s in samples],
+        results = self.model.chat_batch([conversation(s) for s in samples], batch_size=len(samples),
                                         max_new_tokens=self.max_new_tokens, temperature=0.0)
         return [r.text for r in results]
 

@@ -88,7 +88,6 @@ def parse_quantity(text: str, default_unit: str | None = None) -> float | None:
     text = text.replace("\u2019", "'").replace("\u201d", '"')
     for m in _QTY_RE.finditer(text):
         unit = m.group("unit").lower()
-        # "a"/"an" before "in" is prose ("an inch" ok; "a in" nonsense); "in" after a word number is prose
         a = _to_float(m.group("a"))
         if a is None:
             continue
@@ -120,12 +119,17 @@ _YES = {"yes", "yeah", "yep", "yup", "true", "correct", "affirmative", "indeed"}
 _NO = {"no", "nope", "not", "false", "incorrect", "negative", "none", "never", "isn't", "aren't",
        "doesn't", "don't", "cannot", "can't", "wrong", "nothing"}
 _WORD_RE = re.compile(r"[a-z]+(?:'[a-z]+)?")
+# phrases of uncertainty, whose "not" / "don't" is no answer
+_UNSURE_RE = re.compile(r"\b(?:i\s+(?:don't|do\s+not)\s+know|not\s+(?:sure|certain)|unsure|"
+                        r"(?:cannot|can't|unable\s+to)\s+(?:tell|determine|say))\b")
 
 
 def parse_yesno(text: str) -> bool | None:
     """True / False from the first yes-like or no-like word ("Yes.", "No, it is not.",
-    "The statement is true.", "It is not left of the bowl." -> False); None if neither appears."""
-    for word in _WORD_RE.findall(text.lower().replace("\u2019", "'")):
+    "The statement is true.", "It is not left of the bowl." -> False); None if neither appears
+    ("I don't know", "I cannot tell")."""
+    text = _UNSURE_RE.sub(" ", text.lower().replace("\u2019", "'"))
+    for word in _WORD_RE.findall(text):
         if word in _YES:
             return True
         if word in _NO:
