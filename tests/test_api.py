@@ -13,6 +13,15 @@ from phi3v_spatial.errors import GenerationError, ImageError, PromptError
 GREEDY12 = dict(max_new_tokens=12, ignore_eos=True)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one thread is as fast and far steadier on a shared machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def vlm(tiny_checkpoint):
     return phi3v_spatial.load(str(tiny_checkpoint), device="cpu", dtype="float32")

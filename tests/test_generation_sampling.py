@@ -15,6 +15,15 @@ from phi3v_spatial.sampling import (
 
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one thread is as fast and far steadier on a shared machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def test_top_k_top_p_min_p_filters():
     logits = torch.log(torch.tensor([[0.5, 0.2, 0.15, 0.1, 0.05]]))
     assert torch.isinf(filter_top_k(logits, 2)[0, 2:]).all() and torch.isfinite(filter_top_k(logits, 2)[0, :2]).all()

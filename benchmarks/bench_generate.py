@@ -1,0 +1,267 @@
+"""Generation speed and memory: this package vs the original implementation, measured in one run.
+
+    .venv/bin/python benchmarks/bench_generate.py [--threads 2] [--repeat 5] [--rounds 2] [--skip-mid]
+
+Same prompt (one user turn "<|image_1|>\\nWhat is shown in this image?" through the chat template),
+same image (640x480, num_crops 4), same token count (greedy, end tokens ignored), same threads.
+The original runs through ../shared/tools/reference/run.py (`generate`); ours runs in a worker
+subprocess of this script so both are measured cold-process the same way (peak RSS included).
+Both sides: warm-up excluded, medians over the runs of all rounds, rounds alternating ours/theirs.
+
+(a) the tiny reference checkpoint, where per-token overhead dominates: decode tokens/s at batch 1.
+(b) random weights of a mid-size config (real vocabulary, a few hundred million parameters, a small
+    CLIP), where decode is bound by memory bandwidth: prefill (time to first token, vision tower
+    included), decode tokens/s next to the machine's memory bandwidth measured in the same process
+    (achieved GB/s = weight bytes read per token x tokens/s), batch-8 throughput, peak RSS.
+
+Timings follow the original's definitions: prefill = call -> first new token; decode tokens/s =
+(T - 1) / (last token - first token). Every run re-encodes the image (no embedding cache), as the
+original does. The last line of stdout is one JSON object with everything.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("PHI3V_SHARED", REPO.parent / "shared"))
+FIXTURES = SHARED / "fixtures" / "reference"
+REF_PY = os.environ.get("PHI3V_REFERENCE_PYTHON", "/tmp/phi3v-reference-env/bin/python")
+REF_RUN = SHARED / "tools" / "reference" / "run.py"
+PROMPT = "<|image_1|>\nWhat is shown in this image?"
+IMAGE = FIXTURES / "images" / "img_640x480.png"
+MID_DIR = Path(os.environ.get("PHI3V_BENCH_MID", "/tmp/phi3v-bench-mid"))
+
+
+# ------------------------------------------------------------------------------------ ours (worker)
+def worker(cfg: dict) -> dict:
+    import torch
+
+    torch.set_num_threads(cfg["threads"])
+    rss_before = _rss_now_mib()
+    from phi3v_spatial.generation import Generation
+    from phi3v_spatial.model import Phi3VForCausalLM
+    from phi3v_spatial.processing import Phi3VProcessor
+    from phi3v_spatial.sampling import SamplingParams
+
+    t = time.perf_counter()
+    model = Phi3VForCausalLM.from_pretrained(cfg["checkpoint"], torch_dtype=torch.float32, device_map="cpu")
+    processor = Phi3VProcessor.from_pretrained(cfg["checkpoint"], num_crops=4)
+    load_seconds = time.perf_counter() - t
+    rss_after_load = _rss_now_mib()
+    prompt = processor.tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], tokenize=False, add_generation_prompt=True)
+    t = time.perf_counter()
+    inputs = processor(prompt, [str(IMAGE)])
+    processor_seconds = time.perf_counter() - t
+    B = cfg["batch"]
+    ids, mask = inputs["input_ids"].repeat(B, 1), inputs["attention_mask"].repeat(B, 1)
+    pv, sizes = inputs["pixel_values"].repeat(B, 1, 1, 1, 1), inputs["image_sizes"].repeat(B, 1)
+    params = SamplingParams(max_new_tokens=cfg["tokens"], ignore_eos=True)
+
+    runs = []
+    for i in range(cfg["warmup"] + cfg["repeat"]):
+        run = Generation(model, ids, mask, pixel_values=pv, image_sizes=sizes, params=params, tokenizer=processor.tokenizer)
+        for _ in run:
+            pass
+        if i >= cfg["warmup"]:
+            runs.append(run.result)
+    timings = [r.timings for r in runs]
+    out = {
+        "impl": "phi3v_spatial", "batch": B, "threads": torch.get_num_threads(),
+        "prompt_tokens": int(mask[0].sum()), "image_tokens": int((ids[0] < 0).sum()),
+        "generated_ids": runs[-1].tokens[0], "ids_identical_across_runs": all(r.tokens == runs[0].tokens for r in runs),
+        "per_run": {
+            "prefill_seconds": [x.prefill_seconds for x in timings],
+            "decode_tokens_per_second": [x.decode_tokens_per_second for x in timings],
+            "total_seconds": [x.total_seconds for x in timings],
+        },
+        "load_seconds": load_seconds, "processor_seconds": processor_seconds,
+        "rss_before_load_mib": rss_before, "rss_after_load_mib": rss_after_load,
+    }
+    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the bandwidth buffers
+    if cfg.get("bandwidth"):
+        out["weight_bytes_per_token"] = decode_weight_bytes(model)
+        out["memory_bandwidth_gbs"] = memory_bandwidth(torch)
+    return out
+
+
+def decode_weight_bytes(model) -> int:
+    """Bytes of weights one decode step reads: every decoder layer, the final norm and lm_head (one
+    row of embed_tokens and nothing of the vision tower)."""
+    lm = model.model
+    mods = [*lm.layers, lm.norm, model.lm_head]
+    return sum(p.numel() * p.element_size() for m in mods for p in m.parameters())
+
+
+def memory_bandwidth(torch, size_mib: int = 1024, repeat: int = 7) -> dict:
+    """Read bandwidth of this process with torch's threads: sum over a tensor far larger than the
+    caches (the access pattern of streaming weights), and a copy (read + write) for reference."""
+    x = torch.ones(size_mib * 2**20 // 4)
+    y = torch.empty_like(x)
+    x.sum(), y.copy_(x)  # touch the pages
+    sums, copies = [], []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        x.sum()
+        sums.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        y.copy_(x)
+        copies.append(time.perf_counter() - t)
+    nbytes = x.numel() * 4
+    return {"read_sum": nbytes / statistics.median(sums) / 1e9, "read_sum_best": nbytes / min(sums) / 1e9,
+            "copy_read_write": 2 * nbytes / statistics.median(copies) / 1e9}
+
+
+def _rss_now_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def run_ours(checkpoint, threads, repeat, tokens, batch=1, warmup=1, bandwidth=False) -> dict:
+    cfg = dict(checkpoint=str(checkpoint), threads=threads, repeat=repeat, tokens=tokens, batch=batch, warmup=warmup, bandwidth=bandwidth)
+    out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(cfg)], capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"our worker failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------------------ the original
+def run_reference(checkpoint, threads, repeat, tokens, warmup=1) -> dict:
+    cmd = [REF_PY, str(REF_RUN), "generate", "--checkpoint", str(checkpoint), "--chat", "--prompt", PROMPT,
+           "--images", str(IMAGE), "--num-crops", "4", "--max-new-tokens", str(tokens), "--repeat", str(repeat),
+           "--warmup", str(warmup), "--threads", str(threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"the reference runner failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------------------ mid-size checkpoint
+def mid_checkpoint(preset: str) -> Path:
+    """Random weights of a mid-size config (built once with the model class + save_pretrained)."""
+    folder = MID_DIR.with_name(f"{MID_DIR.name}-{preset}")
+    if (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file():
+        return folder
+    import torch
+
+    from phi3v_spatial.random_init import PRESETS, make_random_checkpoint, random_config
+
+    sizes = dict(PRESETS["mid"]) if preset == "mid" else dict(MID_PRESETS[preset])
+    config = random_config(**sizes)
+    print(f"building {folder} ({preset})", file=sys.stderr)
+    make_random_checkpoint(folder, config, seed=0, dtype=torch.float32, tokenizer_from=FIXTURES / "tiny_checkpoint")
+    return folder
+
+
+# Phi-3-V's own layer shapes (hidden 3072, MLP 8192, 32 heads), fewer layers; a small CLIP
+MID_PRESETS = {
+    "phi3-2l": dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=2, num_attention_heads=32,
+                    vision=dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4)),
+}
+
+
+# ------------------------------------------------------------------------------------ report
+def med(values) -> float:
+    return statistics.median(values)
+
+
+def merge(results: list[dict]) -> dict:
+    """Per-run values of several rounds pooled; medians of the pool."""
+    keys = ("prefill_seconds", "decode_tokens_per_second", "total_seconds")
+    pool = {k: [v for r in results for v in r["per_run"][k]] for k in keys}
+    return {**{k: med(v) for k, v in pool.items()}, "per_run": pool, "peak_rss_mib": max(r["peak_rss_mib"] for r in results)}
+
+
+def git_sha() -> str:
+    try:
+        return subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return ""
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=5, help="timed runs per process (tiny); mid uses --mid-repeat")
+    ap.add_argument("--mid-repeat", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=2, help="alternating ours/original process pairs (tiny)")
+    ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--mid-preset", default="mid", choices=("mid", *MID_PRESETS))
+    ap.add_argument("--skip-mid", action="store_true")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return 0
+
+    import torch
+
+    report: dict = {"env": {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+                            "cpu_count": os.cpu_count(), "threads": args.threads, "git": git_sha(), "loadavg": os.getloadavg()}}
+    # (a) tiny checkpoint
+    tiny = FIXTURES / "tiny_checkpoint"
+    ours, ref = [], []
+    for _ in range(args.rounds):
+        ours.append(run_ours(tiny, args.threads, args.repeat, args.tokens))
+        ref.append(run_reference(tiny, args.threads, args.repeat, args.tokens))
+    o, r = merge(ours), merge(ref)
+    same_ids = ours[-1]["generated_ids"] == ref[-1]["generated_ids"]
+    a = {
+        "ours": o, "original": r, "prompt_tokens": [ours[0]["prompt_tokens"], ref[0]["prompt_tokens"]], "same_generated_ids": same_ids,
+        "decode_speedup": o["decode_tokens_per_second"] / r["decode_tokens_per_second"],
+        "prefill_speedup": r["prefill_seconds"] / o["prefill_seconds"],
+    }
+    a["pass_decode_1_5x"] = a["decode_speedup"] >= 1.5
+    report["tiny"] = a
+    print(f"(a) tiny checkpoint, batch 1, {args.tokens} tokens, {args.threads} threads, {args.rounds}x{args.repeat} runs each")
+    print(f"    decode  ours {o['decode_tokens_per_second']:8.1f} tok/s   original {r['decode_tokens_per_second']:8.1f} tok/s   "
+          f"ratio {a['decode_speedup']:.2f}x (target >= 1.5x)")
+    print(f"    prefill ours {o['prefill_seconds'] * 1e3:8.1f} ms      original {r['prefill_seconds'] * 1e3:8.1f} ms      ratio {a['prefill_speedup']:.2f}x")
+    print(f"    same generated ids: {same_ids}; peak RSS ours {o['peak_rss_mib']:.0f} MiB, original {r['peak_rss_mib']:.0f} MiB")
+
+    if not args.skip_mid:
+        ck = mid_checkpoint(args.mid_preset)
+        mo = run_ours(ck, args.threads, args.mid_repeat, args.tokens, bandwidth=True)
+        mr = run_reference(ck, args.threads, args.mid_repeat, args.tokens)
+        m8 = run_ours(ck, args.threads, 1, args.tokens, batch=8, warmup=0)
+        o, r, o8 = merge([mo]), merge([mr]), merge([m8])
+        bw = mo["memory_bandwidth_gbs"]["read_sum"]
+        achieved = mo["weight_bytes_per_token"] * o["decode_tokens_per_second"] / 1e9
+        b = {
+            "checkpoint": str(ck), "preset": args.mid_preset, "params_decode_bytes": mo["weight_bytes_per_token"],
+            "ours": o, "original": r, "ours_batch8": o8, "memory_bandwidth_gbs": mo["memory_bandwidth_gbs"],
+            "achieved_weight_gbs": achieved, "bandwidth_fraction": achieved / bw,
+            "prefill_speedup": r["prefill_seconds"] / o["prefill_seconds"],
+            "decode_ratio": o["decode_tokens_per_second"] / r["decode_tokens_per_second"],
+            "batch8_throughput_tokens_per_second": 8 * o8["decode_tokens_per_second"],
+            "batch8_over_batch1": 8 * o8["decode_tokens_per_second"] / o["decode_tokens_per_second"],
+            "peak_rss_ratio": o["peak_rss_mib"] / r["peak_rss_mib"],
+            "same_generated_ids": mo["generated_ids"] == mr["generated_ids"],
+        }
+        b["pass"] = {
+            "prefill_1_2x": b["prefill_speedup"] >= 1.2, "decode_ge_original": b["decode_ratio"] >= 1.0,
+            "bandwidth_85pct": b["bandwidth_fraction"] >= 0.85, "batch8_4x": b["batch8_over_batch1"] >= 4.0,
+            "rss_le_original": b["peak_rss_ratio"] <= 1.0,
+        }
+        report["mid"] = b
+        print(f"(b) {args.mid_preset}: {mo['weight_bytes_per_token'] / 1e9:.2f} GB of weights per decode step, "
+              f"prompt {mo['prompt_tokens']} tokens, {args.mid_repeat} runs each")
+        print(f"    prefill ours {o['prefill_seconds']:7.2f} s   original {r['prefill_seconds']:7.2f} s   ratio {b['prefill_speedup']:.2f}x (target >= 1.2x)")
+        print(f"    decode  ours {o['decode_tokens_per_second']:7.2f} tok/s original {r['decode_tokens_per_second']:7.2f} tok/s ratio {b['decode_ratio']:.2f}x (target >= 1x)")
+        print(f"    weights streamed {achieved:.1f} GB/s of {bw:.1f} GB/s measured read bandwidth = {100 * b['bandwidth_fraction']:.0f}% (target >= 85%)")
+        print(f"    batch 8: {b['batch8_throughput_tokens_per_second']:.1f} tok/s = {b['batch8_over_batch1']:.2f}x batch 1 (target >= 4x)")
+        print(f"    peak RSS ours {o['peak_rss_mib']:.0f} MiB, original {r['peak_rss_mib']:.0f} MiB (ratio {b['peak_rss_ratio']:.2f}, target <= 1)")
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
