@@ -1,0 +1,282 @@
+"""The training loop: one entry point for a single CPU process and for `accelerate launch`
+(DDP, FSDP, DeepSpeed) on many GPUs and nodes.
+
+Every process draws the same global batch of `batch_size` samples from the mixed stream (its
+position is the number of samples drawn), takes its contiguous share, and runs it in micro-batches
+of `micro_batch_size`. The loss of a step is the sum of the token losses of the global batch
+divided by its number of target tokens (counted over all processes first), so N processes with
+accumulation give the same gradients as one process with the same global batch.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .collator import IGNORE, Collator
+from .config import TrainConfig
+from .data import MixedStream, Source, open_source
+from .methods import LoraOptions, prepare, trainable_parameters
+
+log = logging.getLogger("phi3v_spatial.train")
+
+
+class LossModule(nn.Module):
+    """Summed token cross-entropy of a batch. The LM head runs only on target positions (the
+    vocabulary is the costliest matmul of a small model), which equals the model's own `.loss`
+    times the number of targets."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model  # Phi3VForCausalLM (LoRA layers, if any, are inside it)
+
+    def forward(self, input_ids, attention_mask, labels, pixel_values=None, image_sizes=None):
+        h, _ = self.model.model(input_ids, attention_mask, None, pixel_values, image_sizes)
+        targets = labels[:, 1:]
+        keep = targets != IGNORE
+        logits = self.model.lm_head(h[:, :-1][keep]).float()  # (n_targets, vocab)
+        return F.cross_entropy(logits, targets[keep], reduction="sum")
+
+
+def warmup_cosine(warmup: int, total: int, min_ratio: float = 0.0) -> Callable[[int], float]:
+    """lr multiplier: linear 0->1 over `warmup` steps, then cosine 1->min_ratio at `total`."""
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        t = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return f
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _accelerator(cfg: TrainConfig):
+    try:
+        from accelerate import Accelerator
+    except ImportError as e:
+        raise ConfigError("training needs accelerate: pip install 'phi3v-spatial[train]'") from e
+    precision = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}.get(cfg.precision)
+    if precision is None:
+        raise ConfigError(f"precision must be fp32, bf16 or fp16 (got {cfg.precision!r})")
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("fp16 autocast needs a GPU; use --precision bf16 or fp32 on a CPU")
+    return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
+
+
+class _Reporter:
+    """metrics.jsonl always (rank 0); TensorBoard or W&B only when asked."""
+
+    def __init__(self, out: Path, report_to: str, cfg: TrainConfig, enabled: bool):
+        self.enabled, self.tb, self.wandb = enabled, None, None
+        if not enabled:
+            return
+        self.file = (out / "metrics.jsonl").open("a", encoding="utf-8")
+        if report_to == "tensorboard":
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise ConfigError("--report-to tensorboard needs `pip install tensorboard`") from e
+            self.tb = SummaryWriter(str(out / "tensorboard"))
+        elif report_to == "wandb":
+            try:
+                import wandb
+            except ImportError as e:
+                raise ConfigError("--report-to wandb needs `pip install wandb`") from e
+            self.wandb = wandb.init(project="phi3v-spatial", config=cfg.to_dict(), dir=str(out))
+        elif report_to not in ("none", None):
+            raise ConfigError(f"report_to must be none, tensorboard or wandb (got {report_to!r})")
+
+    def __call__(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        self.file.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.file.flush()
+        if self.tb:
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)):
+                    self.tb.add_scalar(f"train/{k}", v, step)
+        if self.wandb:
+            self.wandb.log(metrics, step=step)
+
+    def close(self):
+        if self.enabled:
+            self.file.close()
+            if self.tb:
+                self.tb.close()
+            if self.wandb:
+                self.wandb.finish()
+
+
+def build_sources(cfg: TrainConfig) -> list[Source]:
+    return [open_source(spec) for spec in cfg.data]
+
+
+def train(cfg: TrainConfig, model=None, processor=None, sources: list[Source] | None = None,
+          on_step: Callable[[int, dict], None] | None = None) -> dict:
+    """Run (or resume) a training run; returns {"step", "losses", "out", "skipped"}.
+
+    model / processor / sources default to loading cfg.model and opening cfg.data. on_step(step,
+    metrics) is called after every optimizer step (on every process).
+    """
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    acc = _accelerator(cfg)
+    world, rank = acc.num_processes, acc.process_index
+    if cfg.batch_size % (cfg.micro_batch_size * world):
+        raise ConfigError(f"batch_size {cfg.batch_size} must be a multiple of micro_batch_size x processes "
+                          f"({cfg.micro_batch_size} x {world})")
+    out = Path(cfg.out)
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    seed_everything(cfg.seed)
+
+    if model is None:
+        from ..model import Phi3VForCausalLM
+
+        model = Phi3VForCausalLM.from_pretrained(cfg.model, torch_dtype=torch.float32)
+    if processor is None:
+        from ..processing import Phi3VProcessor
+
+        processor = Phi3VProcessor.from_pretrained(cfg.model, num_crops=cfg.num_crops)
+    sources = sources if sources is not None else build_sources(cfg)
+    base = model  # the Phi3VForCausalLM; PEFT swaps its Linears in place
+    lora = LoraOptions(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, tuple(cfg.lora_targets), tuple(cfg.lora_modules_to_save))
+    trained = prepare(model, cfg.method, lora, cfg.freeze_vision, cfg.freeze_projector)
+    base.train()
+    if cfg.gradient_checkpointing:
+        base.gradient_checkpointing_enable()
+    params = [p for p in trained.parameters() if p.requires_grad]
+    n_train, n_total = trainable_parameters(trained)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio))
+
+    def save_weights(folder: Path) -> None:
+        if cfg.method == "full":
+            acc.unwrap_model(loss_module).model.save_pretrained(folder / "model")
+        else:
+            trained.save_pretrained(folder / "adapter")
+
+    state = {"step": 0, "data_position": 0, "losses": [], "skipped": {}}
+    ckpt = latest_checkpoint(out) if cfg.resume else None
+    if ckpt is not None:
+        _load_weights(ckpt, cfg.method, base, trained)
+        state = load_checkpoint(ckpt, optimizer, scheduler)
+        if acc.is_main_process:
+            log.info("resumed from %s (step %d)", ckpt, state["step"])
+
+    collator = Collator(processor, cfg.max_length, cfg.num_crops)
+    collator.skipped.update(state.get("skipped", {}))
+    stream = MixedStream(sources, cfg.probs, cfg.seed, start=state["data_position"])
+    loss_module, optimizer = acc.prepare(LossModule(base), optimizer)
+    report = _Reporter(out, cfg.report_to, cfg, acc.is_main_process)
+    if acc.is_main_process:
+        log.info("method %s: %d trainable of %d parameters; %d process(es)", cfg.method, n_train, n_total, world)
+
+    bar = None
+    if cfg.progress and acc.is_main_process:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.max_steps, initial=state["step"], desc="train", dynamic_ncols=True)
+    share = cfg.batch_size // world
+    last_batch = None
+    step = state["step"]
+    while step < cfg.max_steps:
+        t0 = time.perf_counter()
+        samples = [next(stream) for _ in range(cfg.batch_size)]
+        mine = samples[rank * share:(rank + 1) * share]
+        micro = [collator(mine[i:i + cfg.micro_batch_size]) for i in range(0, share, cfg.micro_batch_size)]
+        counts = torch.tensor([sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in micro if b is not None),
+                               sum(int(b["attention_mask"].sum()) for b in micro if b is not None)], dtype=torch.float64)
+        counts = acc.reduce(counts.to(acc.device), reduction="sum").cpu() if world > 1 else counts
+        n_targets, n_tokens = max(1.0, float(counts[0])), float(counts[1])
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        for i, batch in enumerate(micro):
+            scale = world / n_targets
+            if batch is None:  # every sample of this micro-batch was bad: keep DDP in step with a zero loss
+                if last_batch is None:
+                    continue
+                batch, scale = last_batch, 0.0
+            last_batch = batch
+            batch = {k: v.to(acc.device) for k, v in batch.items()}
+            sync = i == len(micro) - 1
+            with (acc.no_sync(loss_module) if not sync and world > 1 else _null()):
+                loss = loss_module(**batch)
+                acc.backward(loss * scale)
+            loss_sum += loss.detach().double().cpu() * (scale > 0)
+        if world > 1:
+            loss_sum = acc.reduce(loss_sum.to(acc.device), reduction="sum").cpu()
+        grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm else None
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        dt = time.perf_counter() - t0
+        loss_value = float(loss_sum) / n_targets
+        metrics = {"loss": loss_value, "lr": scheduler.get_last_lr()[0], "tokens_per_s": n_tokens / dt,
+                   "samples_per_s": cfg.batch_size / dt, "grad_norm": float(grad_norm) if grad_norm is not None else None}
+        state["losses"].append(loss_value)
+        if step % cfg.log_every == 0 or step == cfg.max_steps:
+            report(step, metrics)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{metrics['lr']:.2e}", tok_s=f"{metrics['tokens_per_s']:.0f}")
+        if on_step is not None:
+            on_step(step, metrics)
+        if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps:
+            state.update(data_position=stream.position, skipped=dict(collator.skipped))
+            if acc.is_main_process:
+                save_checkpoint(out, step, save_weights, optimizer, scheduler, state, cfg.keep_checkpoints)
+            acc.wait_for_everyone()
+    if bar is not None:
+        bar.close()
+    report.close()
+    if collator.skipped and acc.is_main_process:
+        log.warning("skipped samples: %s", dict(collator.skipped))
+    return {"step": step, "losses": state["losses"], "out": str(out), "skipped": dict(collator.skipped),
+            "model": trained}
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def _load_weights(ckpt: Path, method: str, base, trained) -> None:
+    from safetensors.torch import load_file
+
+    if method == "full":
+        from ..weights import iter_tensors, weight_files
+
+        tensors = dict(iter_tensors(weight_files(ckpt / "model")))
+        missing, unexpected = base.load_state_dict(tensors, strict=False)
+        allowed = {"lm_head.weight"} if base.config.tie_word_embeddings else set()
+        if set(missing) - allowed or unexpected:
+            from ..errors import CheckpointError
+
+            raise CheckpointError(f"{ckpt}: checkpoint does not match the model (missing {missing}, unexpected {unexpected})")
+    else:
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(trained, load_file(str(ckpt / "adapter" / "adapter_model.safetensors")))
