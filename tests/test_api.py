@@ -87,7 +87,10 @@ def test_stream_equals_chat(vlm, reference_dir, manifest):
     for opts in (dict(max_new_tokens=16, ignore_eos=True), dict(max_new_tokens=16, ignore_eos=True, stop=["am"])):
         r = vlm.chat(messages, images, **opts)
         stream = vlm.stream(messages, images, **opts)
-        pieces = list(stream)
+        pieces = []
+        for piece in stream:
+            assert not torch.is_inference_mode_enabled()  # the engine holds no mode across a yield
+            pieces.append(piece)
         assert len(pieces) > 1
         assert "".join(pieces) == r.text == stream.result.text
         assert stream.result.token_ids == r.token_ids

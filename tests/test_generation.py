@@ -196,3 +196,21 @@ def tokenizer(tiny_checkpoint):
     from phi3v_spatial.processing import Phi3VTokenizer
 
     return Phi3VTokenizer.from_pretrained(tiny_checkpoint)
+
+
+def test_rows_cross_the_long_rope_boundary_independently(model, reference_dir, manifest):
+    """A row crossing original_max_position_embeddings mid-generation, batched with one that does
+    not: each row equals its solo run, and the crossing row equals the original's clean recompute."""
+    _, cross, ids_c, _, _ = gen_inputs(reference_dir, manifest, "m_text_cross")
+    _, short, ids_s, _, _ = gen_inputs(reference_dir, manifest, "m_text_short")
+    L = ids_c.shape[1]
+    ids = torch.full((2, L), 32000)
+    mask = torch.zeros(2, L, dtype=torch.long)
+    ids[0], mask[0] = ids_c[0], 1
+    ids[1, L - ids_s.shape[1] :], mask[1, L - ids_s.shape[1] :] = ids_s[0], 1
+    res = generate(model, ids, mask, params=GREEDY12, return_step_logits=True)
+    assert res.tokens[0] == cross["gen_nocache_clean_tokens"][0].tolist()
+    assert res.tokens[1] == short["gen_cache_tokens"][0].tolist()
+    for t in (6, 7, 11):
+        expected = uncached_logits(model, ids, mask, {}, [row[:t] for row in res.tokens])
+        assert (res.step_logits[t] - expected).abs().max() <= 1e-4, f"step {t}"

@@ -236,140 +236,140 @@ class Generation:
 
     # ------------------------------------------------------------------ main loop
     def __iter__(self) -> Iterator[Step]:
-        with torch.inference_mode():
-            yield from self._run()
-
-    def _run(self) -> Iterator[Step]:
+        """Tensor work runs in inference mode, never held across a `yield` (the caller's code
+        between steps runs in whatever mode it chose)."""
         model, p = self.model, self.params
         cfg = model.config
         t_start = time.perf_counter()
         device = model.device
-        ids = self.input_ids.to(device=device, dtype=torch.long)
-        mask = torch.ones_like(ids) if self.attention_mask is None else self.attention_mask.to(device=device, dtype=torch.long)
-        padded = not bool(mask.all())
-        if padded:
-            ids, mask = _left_pad(ids, mask)
-        B, L = ids.shape
-        T = self.max_new
-        lengths = mask.sum(1).tolist()
-        if min(lengths) == 0:
-            raise PromptError("a row of the batch is all padding (empty prompt)")
+        with torch.inference_mode():
+            ids = self.input_ids.to(device=device, dtype=torch.long)
+            mask = torch.ones_like(ids) if self.attention_mask is None else self.attention_mask.to(device=device, dtype=torch.long)
+            padded = not bool(mask.all())
+            if padded:
+                ids, mask = _left_pad(ids, mask)
+            B, L = ids.shape
+            T = self.max_new
+            lengths = mask.sum(1).tolist()
+            if min(lengths) == 0:
+                raise PromptError("a row of the batch is all padding (empty prompt)")
 
-        # images: every one through the vision tower once; per-row lists kept for LongRoPE recomputes
-        feats = self.image_features
-        counts = _images_per_row(ids)
-        timings = Timings()
-        if feats is None and sum(counts):
-            if self.pixel_values is None or self.image_sizes is None:
-                raise PromptError("the prompt has image slots but no pixel_values/image_sizes (or image_features) were given")
-            t = time.perf_counter()
-            feats = model.model.encode_images(self.pixel_values.to(device), self.image_sizes.to(device))
-            timings.vision_seconds = time.perf_counter() - t
-        feats = list(feats or [])
-        starts = [sum(counts[:r]) for r in range(B)]
-        row_feats = [feats[starts[r] : starts[r] + counts[r]] for r in range(B)]
+            # images: every one through the vision tower once; per-row lists kept for LongRoPE recomputes
+            feats = self.image_features
+            counts = _images_per_row(ids)
+            timings = Timings()
+            if feats is None and sum(counts):
+                if self.pixel_values is None or self.image_sizes is None:
+                    raise PromptError("the prompt has image slots but no pixel_values/image_sizes (or image_features) were given")
+                t = time.perf_counter()
+                feats = model.model.encode_images(self.pixel_values.to(device), self.image_sizes.to(device))
+                timings.vision_seconds = time.perf_counter() - t
+            feats = list(feats or [])
+            starts = [sum(counts[:r]) for r in range(B)]
+            row_feats = [feats[starts[r] : starts[r] + counts[r]] for r in range(B)]
 
-        # prefill
-        orig = cfg.original_max_position_embeddings if cfg.rope_scaling is not None else None
-        long_rows = [orig is not None and n > orig for n in lengths]
-        cache = KVCache.for_model(model, B, L + T)
-        out = model(
-            input_ids=ids, attention_mask=mask if padded else None, image_features=feats or None, cache=cache,
-            rope_long=torch.tensor(long_rows, device=device), last_logits_only=True,
-        )
-        logits = out.logits[:, -1]
-        del out
+            # prefill
+            orig = cfg.original_max_position_embeddings if cfg.rope_scaling is not None else None
+            long_rows = [orig is not None and n > orig for n in lengths]
+            cache = KVCache.for_model(model, B, L + T)
+            out = model(
+                input_ids=ids, attention_mask=mask if padded else None, image_features=feats or None, cache=cache,
+                rope_long=torch.tensor(long_rows, device=device), last_logits_only=True,
+            )
+            logits = out.logits[:, -1]
+            del out
 
-        step = DecodeStep(model, L + T)
-        bias = None
-        if padded:
-            slots = torch.ones(B, L + T, dtype=torch.bool, device=device)
-            slots[:, :L] = mask.bool()
-            bias = torch.zeros(B, 1, 1, L + T, dtype=model.dtype, device=device)
-            bias.masked_fill_(~slots[:, None, None, :], torch.finfo(model.dtype).min)
-        positions = torch.tensor(lengths, device=device)  # position of the token fed next, per batch row
-        regime = torch.tensor(long_rows, dtype=torch.long, device=device)
-        generator = make_generator(p.seed, device)
-        seen = seen_tokens(ids, mask, cfg.vocab_size) if p.repetition_penalty != 1.0 else None
+            step = DecodeStep(model, L + T)
+            bias = None
+            if padded:
+                slots = torch.ones(B, L + T, dtype=torch.bool, device=device)
+                slots[:, :L] = mask.bool()
+                bias = torch.zeros(B, 1, 1, L + T, dtype=model.dtype, device=device)
+                bias.masked_fill_(~slots[:, None, None, :], torch.finfo(model.dtype).min)
+            positions = torch.tensor(lengths, device=device)  # position of the token fed next, per batch row
+            regime = torch.tensor(long_rows, dtype=torch.long, device=device)
+            generator = make_generator(p.seed, device)
+            seen = seen_tokens(ids, mask, cfg.vocab_size) if p.repetition_penalty != 1.0 else None
 
-        rows = list(range(B))  # batch row -> caller's row
-        tokens: list[list[int]] = [[] for _ in range(B)]
-        reasons: list[str | None] = [None] * B
-        texts = [_RowText(self.tokenizer, p.stop) for _ in range(B)] if self.tokenizer is not None else None
-        want_logprobs = p.logprobs or p.top_logprobs > 0
-        logprobs = [[] for _ in range(B)] if want_logprobs else None
-        tops = [[] for _ in range(B)] if p.top_logprobs else None
-        step_logits = [] if self.return_step_logits else None
-        stop_ids = self.stop_ids
-        t_first = t_last = None
+            rows = list(range(B))  # batch row -> caller's row
+            tokens: list[list[int]] = [[] for _ in range(B)]
+            reasons: list[str | None] = [None] * B
+            texts = [_RowText(self.tokenizer, p.stop) for _ in range(B)] if self.tokenizer is not None else None
+            want_logprobs = p.logprobs or p.top_logprobs > 0
+            logprobs = [[] for _ in range(B)] if want_logprobs else None
+            tops = [[] for _ in range(B)] if p.top_logprobs else None
+            step_logits = [] if self.return_step_logits else None
+            stop_ids = self.stop_ids
+            t_first = t_last = None
 
         for t in range(T):
-            tok = next_tokens(logits, p, generator, seen)  # (b,)
-            if seen is not None:
-                seen[torch.arange(len(rows), device=device), tok] = True
-            if step_logits is not None:
-                full = torch.full((B, logits.shape[-1]), float("nan"))
-                full[rows] = logits.float().cpu()
-                step_logits.append(full)
-            if want_logprobs:
-                chosen, top_v, top_i = token_logprobs(logits, tok, p.top_logprobs)
-                chosen = chosen.tolist()
-                if top_v is not None:
-                    top_v, top_i = top_v.tolist(), top_i.tolist()
-            new = tok.tolist()
-            now = time.perf_counter()
-            t_first = t_first or now
-            t_last = now
-            step_tokens: list[int | None] = [None] * B
-            step_text = [""] * B if texts is not None else None
-            finished = []
-            for j, r in enumerate(rows):
-                if reasons[r] is not None:
-                    continue
-                token = new[j]
-                tokens[r].append(token)
-                step_tokens[r] = token
-                if logprobs is not None:
-                    logprobs[r].append(chosen[j])
-                    if tops is not None:
-                        tops[r].append(dict(zip(top_i[j], top_v[j])))
-                if token in stop_ids:
-                    reasons[r] = "stop"
-                if texts is not None:
-                    step_text[r] = texts[r].push(token)
-                    if texts[r].stopped:
+            with torch.inference_mode():
+                tok = next_tokens(logits, p, generator, seen)  # (b,)
+                if seen is not None:
+                    seen[torch.arange(len(rows), device=device), tok] = True
+                if step_logits is not None:
+                    full = torch.full((B, logits.shape[-1]), float("nan"))
+                    full[rows] = logits.float().cpu()
+                    step_logits.append(full)
+                if want_logprobs:
+                    chosen, top_v, top_i = token_logprobs(logits, tok, p.top_logprobs)
+                    chosen = chosen.tolist()
+                    if top_v is not None:
+                        top_v, top_i = top_v.tolist(), top_i.tolist()
+                new = tok.tolist()
+                now = time.perf_counter()
+                t_first = t_first or now
+                t_last = now
+                step_tokens: list[int | None] = [None] * B
+                step_text = [""] * B if texts is not None else None
+                finished = []
+                for j, r in enumerate(rows):
+                    if reasons[r] is not None:
+                        continue
+                    token = new[j]
+                    tokens[r].append(token)
+                    step_tokens[r] = token
+                    if logprobs is not None:
+                        logprobs[r].append(chosen[j])
+                        if tops is not None:
+                            tops[r].append(dict(zip(top_i[j], top_v[j])))
+                    if token in stop_ids:
                         reasons[r] = "stop"
-                if reasons[r] is None and t == T - 1:
-                    reasons[r] = "length"
-                if reasons[r] is not None:
-                    finished.append(r)
                     if texts is not None:
-                        step_text[r] += texts[r].finish()
+                        step_text[r] = texts[r].push(token)
+                        if texts[r].stopped:
+                            reasons[r] = "stop"
+                    if reasons[r] is None and t == T - 1:
+                        reasons[r] = "length"
+                    if reasons[r] is not None:
+                        finished.append(r)
+                        if texts is not None:
+                            step_text[r] += texts[r].finish()
             yield Step(step_tokens, step_text, finished)
             running = [j for j, r in enumerate(rows) if reasons[r] is None]
             if not running:
                 break
 
-            # drop finished rows once they are a quarter of the batch
-            if len(rows) - len(running) >= max(1, len(rows) // 4):
-                keep = torch.tensor(running, device=device)
-                cache.select_rows(keep)
-                bias = None if bias is None else bias.index_select(0, keep)
-                positions, regime, tok = positions[keep], regime[keep], tok[keep]
-                seen = None if seen is None else seen[keep]
-                rows = [rows[j] for j in running]
+            with torch.inference_mode():  # drop finished rows once they are a quarter of the batch
+                if len(rows) - len(running) >= max(1, len(rows) // 4):
+                    keep = torch.tensor(running, device=device)
+                    cache.select_rows(keep)
+                    bias = None if bias is None else bias.index_select(0, keep)
+                    positions, regime, tok = positions[keep], regime[keep], tok[keep]
+                    seen = None if seen is None else seen[keep]
+                    rows = [rows[j] for j in running]
 
-            # feed the new tokens: slot L + t, each row at its own position
-            crossing = [j for j, r in enumerate(rows) if reasons[r] is None and not long_rows[r] and orig is not None
-                        and lengths[r] + t + 1 > orig]
-            if crossing:
+                # feed the new tokens: slot L + t, each row at its own position
+                crossing = [j for j, r in enumerate(rows) if reasons[r] is None and not long_rows[r] and orig is not None
+                            and lengths[r] + t + 1 > orig]
+                if crossing:
+                    for j in crossing:
+                        long_rows[rows[j]] = True
+                    regime = torch.tensor([long_rows[r] for r in rows], dtype=torch.long, device=device)
+                logits = step(tok, positions, regime, cache, L + t, bias)
                 for j in crossing:
-                    long_rows[rows[j]] = True
-                regime = torch.tensor([long_rows[r] for r in rows], dtype=torch.long, device=device)
-            logits = step(tok, positions, regime, cache, L + t, bias)
-            for j in crossing:
-                logits[j] = self._recompute_row(cache, j, ids[rows[j]], mask[rows[j]], tokens[rows[j]], row_feats[rows[j]], padded)
-            positions += 1
+                    logits[j] = self._recompute_row(cache, j, ids[rows[j]], mask[rows[j]], tokens[rows[j]], row_feats[rows[j]], padded)
+                positions += 1
 
         end = time.perf_counter()
         timings.prefill_seconds = (t_first or end) - t_start
