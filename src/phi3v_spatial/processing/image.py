@@ -23,7 +23,8 @@ import json
 import mmap
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor, wait
+import weakref
+from concurrent.futures import ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -179,24 +180,73 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 # ----------------------------------------------------------------------------------------------
-# Memory: first touching fresh 4 KiB pages can cost more than the arithmetic on them (tens of MB per
-# image). glibc recycles freed blocks up to 32 MiB (its largest dynamic mmap threshold), so above
-# that the output uses transparent huge pages; the padded scratch images are reused.
+# Memory: first touching fresh pages costs more than the arithmetic on them (tens of MB per image;
+# ~0.5 ms per MB here). Outputs live in huge-page buffers that are recycled once the caller drops
+# the tensor (like torch's CUDA caching allocator); the padded scratch images are reused directly.
 
-_HUGE_MIN_BYTES = 32 << 20
+OUTPUT_CACHE_BYTES = 256 << 20  # most memory kept for recycling after the caller freed its tensors
+_POOLED_MIN_BYTES = 1 << 20  # smaller outputs come from torch.empty
 
 
-def empty_float32(shape: tuple[int, ...]) -> torch.Tensor:
-    """torch.empty(shape, float32), backed by transparent huge pages when large and the OS allows it."""
-    nbytes = int(np.prod(shape)) * 4
-    if nbytes < _HUGE_MIN_BYTES or not hasattr(mmap, "MADV_HUGEPAGE"):
-        return torch.empty(shape, dtype=torch.float32)
+def _huge_mapping(nbytes: int) -> mmap.mmap:
+    """Anonymous memory, on transparent huge pages where the OS allows (512x fewer page faults)."""
     buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     try:
         buf.madvise(mmap.MADV_HUGEPAGE)
     except OSError:  # THP disabled: plain pages, still correct
         pass
-    return torch.from_numpy(np.frombuffer(buf, dtype=np.float32).reshape(shape))
+    return buf
+
+
+class _OutputBuffers:
+    """Hands out float32 tensors backed by anonymous huge-page mappings; a mapping returns to the
+    free list when the last tensor (or array) using it is freed, and is reused without page faults."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._free: list[mmap.mmap] = []
+        self._lock = threading.Lock()
+
+    def empty(self, shape: tuple[int, ...]) -> torch.Tensor:
+        count = int(np.prod(shape))
+        nbytes = count * 4
+        if nbytes < _POOLED_MIN_BYTES or not hasattr(mmap, "MADV_HUGEPAGE"):
+            return torch.empty(shape, dtype=torch.float32)
+        buf = None
+        with self._lock:
+            fits = [b for b in self._free if nbytes <= len(b) <= 2 * nbytes]
+            if fits:
+                buf = min(fits, key=len)
+                self._free.remove(buf)
+        if buf is None:
+            buf = _huge_mapping(nbytes)
+        arr = np.frombuffer(buf, dtype=np.float32, count=count).reshape(shape)
+        weakref.finalize(arr, self._give_back, buf).atexit = False
+        return torch.from_numpy(arr)
+
+    def _give_back(self, buf: mmap.mmap) -> None:
+        with self._lock:
+            self._free.append(buf)
+            while self._free and sum(len(b) for b in self._free) > self.max_bytes:
+                self._free.pop(0)  # oldest first; unmapped when garbage collected
+
+    def clear(self) -> None:
+        with self._lock:
+            self._free.clear()
+
+
+_OUTPUTS = _OutputBuffers(OUTPUT_CACHE_BYTES)
+
+
+def empty_float32(shape: tuple[int, ...]) -> torch.Tensor:
+    """torch.empty(shape, float32) from the recycled huge-page buffers (see above)."""
+    return _OUTPUTS.empty(shape)
+
+
+def release_cached_buffers() -> None:
+    """Give the memory kept for recycling (outputs and scratch images) back to the system."""
+    _OUTPUTS.clear()
+    _SCRATCH.clear()
 
 
 class _ScratchPool:
@@ -213,7 +263,13 @@ class _ScratchPool:
             for i, buf in enumerate(self._free):
                 if buf.size >= n:
                     return self._free.pop(i)[:n].reshape(shape)
-        return empty_float32((max(n, 1),)).numpy()[:n].reshape(shape)
+        if not hasattr(mmap, "MADV_HUGEPAGE"):
+            return np.empty(shape, dtype=np.float32)
+        return np.frombuffer(_huge_mapping(max(n, 1) * 4), dtype=np.float32, count=n).reshape(shape)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._free.clear()
 
     def give(self, arr: np.ndarray) -> None:
         base = arr
@@ -388,7 +444,7 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-_SCRATCH = _ScratchPool(keep=max(2, available_cores()) + 1)
+_SCRATCH = _ScratchPool(keep=max(2, available_cores()))
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
@@ -505,13 +561,15 @@ class Phi3VImageProcessor:
                 job.run()
             job.global_view()
             return
-        # one image per task; the calling thread computes each global view (torch) as images finish
-        futures = [pool.submit(job.run) for job in jobs]
+        # one image per task, largest first (balances the threads); the calling thread computes each
+        # global view (torch) as images finish
+        order = sorted(jobs, key=lambda j: -j.layout.resized_wh[0] * j.layout.resized_wh[1])
+        futures = {pool.submit(job.run): job for job in order}
         try:
-            for job, fut in zip(jobs, futures):
+            for fut in as_completed(futures):
                 fut.result()
-                job.global_view()
-                job.release()  # the scratch image is reusable by the images still queued
+                futures[fut].global_view()
+                futures[fut].release()  # the scratch image is reusable by the images still queued
         finally:
             for fut in futures:
                 fut.cancel()
