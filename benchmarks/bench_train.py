@@ -1,0 +1,95 @@
+"""Training throughput on CPU: samples/s, tokens/s (real tokens incl. image slots) and peak RSS
+for LoRA and full fine-tuning of a random mid-size Phi-3-V (the `mid` preset, ~300M parameters;
+--preset tiny for a quick look). Warm-up steps are not counted; the median step time of several
+is reported. Prints one JSON object last.
+
+    python benchmarks/bench_train.py [--preset mid] [--steps 3] [--batch 2] [--threads N]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench(method: str, preset: str, steps: int, batch: int, tokenizer_dir: str) -> dict:
+    from train_helpers import toy_samples
+
+    from phi3v_spatial.processing import Phi3VProcessor
+    from phi3v_spatial.random_init import PRESETS, random_config, random_model
+    from phi3v_spatial.train.collator import Collator
+    from phi3v_spatial.train.loop import LossModule
+    from phi3v_spatial.train.methods import prepare
+
+    model = random_model(random_config(**PRESETS[preset]), seed=0)
+    model = prepare(model, method)
+    base = model.base_model.model if method != "full" else model
+    base.train()
+    loss_module = LossModule(base)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-5)
+    proc = Phi3VProcessor.from_pretrained(tokenizer_dir, num_crops=1)
+    b = Collator(proc)(toy_samples(batch))
+    n_tokens = int(b["attention_mask"].sum())
+    times = []
+    for i in range(steps + 1):  # first step is warm-up
+        t = time.perf_counter()
+        loss = loss_module(**b) / int((b["labels"][:, 1:] != -100).sum())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if i:
+            times.append(time.perf_counter() - t)
+    dt = statistics.median(times)
+    return {"method": method, "trainable_params": sum(p.numel() for p in params),
+            "total_params": sum(p.numel() for p in model.parameters()), "step_s": dt,
+            "samples_per_s": batch / dt, "tokens_per_s": n_tokens / dt, "tokens_per_sample": n_tokens / batch}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--preset", default="mid")
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--threads", type=int)
+    ap.add_argument("--tokenizer", default=str(Path(__file__).resolve().parents[1] / "src/phi3v_spatial/assets/tiny-spatial"))
+    ap.add_argument("--method", choices=["lora", "full"], help="internal: run one method in this process")
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.method:  # child: one method, so peak memory is its own
+        r = bench(a.method, a.preset, a.steps, a.batch, a.tokenizer)
+        r["peak_rss_mb"] = peak_rss_mb()
+        print(json.dumps(r))
+        return
+    results = {}
+    for method in ("lora", "full"):
+        cmd = [sys.executable, __file__, "--method", method, "--preset", a.preset, "--steps", str(a.steps),
+               "--batch", str(a.batch), "--tokenizer", a.tokenizer] + (["--threads", str(a.threads)] if a.threads else [])
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        results[method] = json.loads(out)
+        print(f"{method}: {results[method]['samples_per_s']:.2f} samples/s, {results[method]['tokens_per_s']:.0f} tokens/s, "
+              f"peak {results[method]['peak_rss_mb']:.0f} MB", file=sys.stderr)
+    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    print(json.dumps({"bench": "train", "preset": a.preset, "batch": a.batch, "hardware": platform.processor() or platform.machine(),
+                      "threads": torch.get_num_threads(), "torch": torch.__version__, "git": sha, **results,
+                      "lora_over_full_speed": results["lora"]["samples_per_s"] / results["full"]["samples_per_s"],
+                      "lora_over_full_memory": results["lora"]["peak_rss_mb"] / results["full"]["peak_rss_mb"]}))
+
+
+if __name__ == "__main__":
+    main()
