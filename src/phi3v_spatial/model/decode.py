@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .cache import KVCache
+from .language import Phi3RMSNorm
 from .rope import rope_cos_sin, rope_inv_freq
 
 
@@ -37,7 +38,7 @@ def _linear(x: torch.Tensor, w) -> torch.Tensor:
 
 
 def _rms_norm(x: torch.Tensor, norm) -> torch.Tensor:
-    if x.dtype == torch.float32 and type(norm).__name__ == "Phi3RMSNorm":
+    if x.dtype == torch.float32 and type(norm) is Phi3RMSNorm:
         return F.rms_norm(x, (x.shape[-1],), norm.weight, norm.eps)
     return norm(x)  # other dtypes: the module's exact rounding order
 
