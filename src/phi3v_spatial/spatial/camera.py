@@ -19,6 +19,7 @@ from ..errors import DataError
 
 # OpenCV camera axes expressed in OpenGL camera axes (x right, y up, z backward) and back.
 _CV_FROM_GL = np.diag([1.0, -1.0, -1.0, 1.0])
+_HALF = 0.5
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,9 @@ def gl_projection_matrix(camera: Camera, crop: tuple[int, int, int, int] | None 
     crop = (u0, v0, u1, v1) rendered at the same pixel density (an off-centre frustum)."""
     u0, v0, u1, v1 = crop if crop is not None else (0, 0, camera.width, camera.height)
     n, f = camera.near, camera.far
+    # TinyRenderer samples pixel (i, j) at the window point (i, j + 1) (x right, y down), not at its
+    # centre (i + 0.5, j + 0.5): shift the window half a pixel so it samples at pixel centres.
+    u0, u1, v0, v1 = u0 + _HALF, u1 + _HALF, v0 - _HALF, v1 - _HALF
     left, right = (u0 - camera.cx) / camera.fx * n, (u1 - camera.cx) / camera.fx * n
     top, bottom = (camera.cy - v0) / camera.fy * n, (camera.cy - v1) / camera.fy * n
     # glFrustum

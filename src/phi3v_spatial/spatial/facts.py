@@ -145,7 +145,8 @@ def mirror_scene(scene: Scene) -> Scene:
     """The scene reflected through the vertical plane that holds the camera's optical axis.
 
     The camera stays put and the image flips left-right: every left/right relation swaps, every
-    other relation stays. Object rotations become M R M (exact for boxes, cylinders and spheres)."""
+    other relation stays. Object orientations are mirrored by `reflect_rotation` (exact for boxes,
+    cylinders and spheres; a mirrored mug has its handle on the other side, which no rotation gives)."""
     pos, right, _ = horizontal_axes(scene)
     M = np.eye(3) - 2 * np.outer(right, right)
 
