@@ -3,11 +3,13 @@
 Cases: a 1920x1080 photo at num_crops 16 and 4, and a batch of 8 mixed-size images at num_crops 16.
 The original is timed by ../shared/tools/reference/run.py (its own warm-up, then the median of
 --repeat calls per image; images decoded outside the timing) in a subprocess; ours in this process
-the same way. The two sides run back to back, `--rounds` times, and medians are reported. The
-original cannot batch, so its batch time is the sum of its per-image medians (a lower bound: a list
-call to it also stacks the results). The first round also checks our pixels are bit-identical.
+the same way. The two sides run back to back, `--rounds` times; each round gives a ratio (original
+median / ours) and the reported ratio is the median over rounds, which keeps other load on a shared
+machine from favouring either side. The original cannot batch, so its batch time is the sum of its
+per-image medians (a lower bound: a list call to it also stacks the results). The first round also
+checks that our pixels are bit-identical to the original's.
 
-    .venv/bin/python benchmarks/bench_processor.py [--rounds 3] [--repeat 10]
+    .venv/bin/python benchmarks/bench_processor.py [--rounds 3] [--repeat 7]
     PHI3V_REF_PYTHON=/path/to/python ... (or --reference-python; that side is skipped if absent)
 
 Prints a table, the ratios (original time / ours) and one JSON object as the last line.
@@ -100,8 +102,8 @@ def main() -> None:
     ap.add_argument("--reference-python", default=DEFAULT_REF_PYTHON)
     ap.add_argument("--reference-run", default=DEFAULT_REF_RUN)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--repeat", type=int, default=10)
-    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--warmup", type=int, default=1)
     args = ap.parse_args()
 
     have_ref = Path(args.reference_python).is_file() and Path(args.reference_run).is_file()
@@ -163,7 +165,7 @@ def main() -> None:
     for key in samples:
         ours_ms = 1e3 * statistics.median(samples[key])
         ref_ms = 1e3 * statistics.median(ref_samples[key]) if ref_samples[key] else None
-        ratio = ref_ms / ours_ms if ref_ms else None
+        ratio = statistics.median(r / o for r, o in zip(ref_samples[key], samples[key])) if ref_ms else None
         figures[key] = {"ours_ms": round(ours_ms, 2), "original_ms": None if ref_ms is None else round(ref_ms, 2),
                         "ours_ms_rounds": [round(1e3 * s, 2) for s in samples[key]],
                         "original_ms_rounds": [round(1e3 * s, 2) for s in ref_samples[key]]}  # fmt: skip

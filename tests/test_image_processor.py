@@ -264,3 +264,25 @@ def test_recycled_output_buffers_hold_no_stale_data():
     image_mod.release_cached_buffers()
     fresh = Phi3VImageProcessor(num_crops=16, num_workers=1)([synthetic(2000, 200, seed=6)] * 4)["pixel_values"]
     assert torch.equal(small, fresh) and not small[:, 11:].any()
+
+
+def _process_in_child(queue):
+    torch.set_num_threads(1)  # what DataLoader workers do: torch's OpenMP pool does not survive fork
+    out = Phi3VImageProcessor(num_crops=16)([synthetic(1920, 1080), synthetic(640, 480)])
+    queue.put(float(out["pixel_values"].double().sum()))
+
+
+def test_works_in_a_forked_child_after_use_in_the_parent():
+    import multiprocessing as mp
+
+    expected = float(Phi3VImageProcessor(num_crops=16)([synthetic(1920, 1080), synthetic(640, 480)])["pixel_values"].double().sum())
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_process_in_child, args=(queue,))
+    child.start()
+    child.join(timeout=30)
+    alive = child.is_alive()
+    if alive:
+        child.kill()
+    assert not alive, "the child hung: thread pools inherited through fork"
+    assert queue.get(timeout=5) == expected

@@ -8,13 +8,15 @@ scale to [0, 1] and CLIP-normalise in float32; the global view is that normalise
 What we do differently, for speed only (every output is bit-identical):
 - the padding is never materialised as an image: padding rows are written as the normalised value
   of 255 directly;
-- normalisation is one numpy pass per op straight into the padded float buffer, and tiles are copied
-  from it into the preallocated output (the original makes ~6 full copies);
+- the resized image is normalised per channel plane, 48 rows at a time, straight into a reused
+  padded float buffer, and each band is copied into its tiles while still in cache (the original
+  makes ~6 full-size copies, all in fresh memory);
 - PIL releases the GIL, so images of a batch run on worker threads; a single large image is split:
   PIL's bilinear resize is separable (horizontal pass, then vertical pass on the 8-bit
   intermediate), so the horizontal pass is run on row bands and the vertical pass on column bands,
   which gives exactly the pixels of one `resize` call;
-- only the bicubic global view runs in torch, on the calling thread, as each image becomes ready.
+- only the bicubic global view runs in torch, on the calling thread, as each image becomes ready;
+- outputs live in recycled huge-page buffers (page faults cost more than the arithmetic here).
 """
 from __future__ import annotations
 
@@ -445,6 +447,19 @@ def available_cores() -> int:
 
 
 _SCRATCH = _ScratchPool(keep=max(2, available_cores()))
+
+
+def _reset_after_fork() -> None:
+    """A forked child (e.g. a DataLoader worker) inherits the pools but not their threads or locks."""
+    global _POOLS_LOCK
+    _POOLS.clear()
+    _POOLS_LOCK = threading.Lock()
+    _SCRATCH._lock = threading.Lock()
+    _OUTPUTS._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
