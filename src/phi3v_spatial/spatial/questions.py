@@ -276,7 +276,7 @@ def _counting(scene, objs, rng, n, mask):
         ai, ans = _pick(rng, answers)
         out.append((_chat(q.format(noun=plural), ans.format(n=c, noun=plural, singular=singular)),
                     {"type": "count", "value": c},
-                    {"category": key[0], "noun": plural, "template": qi, "answer_template": ai}))
+                    {"category": key[0], "value": key[1], "noun": plural, "template": qi, "answer_template": ai}))
     return out
 
 
