@@ -74,7 +74,7 @@ def make_samples(scene: Scene, mask: np.ndarray | None = None, tasks=None,
         for k, (messages, answer, meta) in enumerate(chosen[task]):
             out.append({"id": f"{scene.scene_id}-{task}-{k}", "image": scene.files.get("image", ""),
                         "images": [scene.files.get("image", "")], "messages": messages, "task": task,
-                        "answer": answer, "scene": f"scenes/{scene.scene_id}.json", "meta": meta})
+                        "answer": answer, "scene": f"scenes/{scene.scene_id}.json", "meta": {**meta, "seed": scene.seed}})
     return out
 
 
