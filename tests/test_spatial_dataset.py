@@ -222,7 +222,7 @@ def test_robot_actions_pick_the_named_object(samples, scenes, meta_dir):
         assert poses == s["answer"]["value"] and len(msgs[3]["content"].splitlines()) == len(poses)
         a = _obj(sc, s["meta"]["subject_id"])
         assert a["name"] in msgs[2]["content"]
-        box, (pre, down, close, lift) = a["box_3d"], poses[:4]
+        box, (pre, down, _, lift) = a["box_3d"], poses[:4]
         c, sn = math.cos(box["yaw"]), math.sin(box["yaw"])
         local = np.array([[c, sn], [-sn, c]]) @ (np.array([down["x"], down["y"]]) - box["center"][:2])
         assert (np.abs(local) <= np.asarray(box["size"][:2]) / 2 + 0.005).all()  # over the object
@@ -319,3 +319,20 @@ def test_cli_lifts_rgbd_captures(ds, scenes, tmp_path, capsys):
             t = truth[o.name]
             if t["role"] == "object" and t["visible_fraction"] > 0.999 and not t["truncated"] and t["shape"] != "teddy bear":
                 assert o.height == pytest.approx(t["size"]["height"], rel=0.08)
+
+
+def test_a_seed_without_a_valid_scene_is_skipped_and_listed(tmp_path, monkeypatch):
+    from phi3v_spatial.spatial import generate
+
+    real = generate.generate_scene
+
+    def flaky(world, seed, image_size):
+        if seed == 21:
+            raise DataError("seed 21: no valid scene")
+        return real(world, seed, image_size)
+
+    monkeypatch.setattr(generate, "generate_scene", flaky)
+    out = synthesize(tmp_path / "skip", 2, seed=20, image_size=(160, 120), tasks=["size"])
+    info = load_info(out)
+    assert info["complete"] and info["counts"]["skipped_seeds"] == [21]
+    assert {s["scene"] for s in iter_samples(out)} == {"scenes/s0000000020.json"}

@@ -6,7 +6,9 @@ parent appends each scene's samples to its shard in scene order and then records
 `progress/shard-<k>.json`, how many scenes and bytes of that shard are complete. After a crash
 the shard is cut back to the recorded length and generation continues from the next scene, so a
 resumed run writes exactly the bytes an uninterrupted one would. Separate processes or machines
-can split a run with `part=(k, n)`: that call does the shards whose index is k modulo n.
+can split a run with `part=(k, n)`: that call does the shards whose index is k modulo n. A seed
+for which no valid scene exists (none among seeds 0-1299) is skipped and listed in
+dataset_info.json under counts.skipped_seeds.
 """
 from __future__ import annotations
 
@@ -121,7 +123,10 @@ def _scene_job(args) -> tuple[int, int, list[str], Counter]:
     out_dir, shard, index, seed, tasks, samples_per_scene, image_size = args
     if _WORLD is None:
         _WORLD = World()
-    scene, rgb, depth, mask = generate_scene(_WORLD, seed, tuple(image_size))
+    try:
+        scene, rgb, depth, mask = generate_scene(_WORLD, seed, tuple(image_size))
+    except DataError:  # no valid layout for this seed: skipped, the same way on every run
+        return shard, index, [], Counter({"_skipped": 1})
     write_scene_files(Path(out_dir), scene, rgb, depth, mask)
     samples = make_samples(scene, mask, tasks, samples_per_scene)
     return shard, index, [encode_sample(s) for s in samples], Counter(s["task"] for s in samples)
@@ -187,7 +192,7 @@ def synthesize(out_dir, num_scenes: int, seed: int = 0, tasks=None, workers: int
 
     bar = tqdm(total=total, initial=total - len(jobs), unit="scene", disable=not progress, desc="synth")
     try:
-        for k, _, lines, by_task in _run(jobs, workers):
+        for k, index, lines, by_task in _run(jobs, workers):
             data = "".join(lines).encode("utf-8")
             f = handles[k]
             f.write(data)
@@ -197,6 +202,8 @@ def synthesize(out_dir, num_scenes: int, seed: int = 0, tasks=None, workers: int
             st["scenes_done"] += 1
             st["bytes"] += len(data)
             st["samples"] += len(lines)
+            if by_task.pop("_skipped", 0):
+                st["skipped_seeds"] = st.get("skipped_seeds", []) + [seed + index]
             st["by_task"] = dict(Counter(st["by_task"]) + by_task)
             atomic_write_text(out / "progress" / f"shard-{k:05d}.json", json.dumps(st, sort_keys=True))
             bar.set_postfix(samples=sum(s["samples"] for s in state.values()), refresh=False)
@@ -232,7 +239,8 @@ def _write_info(out: Path, config: dict) -> None:
         "seed_range": [config["seed"], config["seed"] + config["num_scenes"] - 1],
         "shards": [shard_name(k, n_shards) for k in range(n_shards)],
         "counts": {"scenes": scenes, "samples": sum(p["samples"] for p in progs),
-                   "by_task": {t: by_task.get(t, 0) for t in config["tasks"]}},
+                   "by_task": {t: by_task.get(t, 0) for t in config["tasks"]},
+                   "skipped_seeds": sorted(s for p in progs for s in p.get("skipped_seeds", []))},
         "complete": scenes == config["num_scenes"],
         "schema": "docs/dataset_schema.md (phi3v-spatial)",
     }

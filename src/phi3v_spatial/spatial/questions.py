@@ -19,7 +19,7 @@ from . import catalog, facts, robot
 from . import templates as T
 from .generate import well_seen
 from .geometry import interior_point, normalize_box
-from .scene import Scene, SceneObject
+from .scene import Scene
 from .units import UNITS, format_quantity
 
 TASKS = ("relation_yesno", "relation_choice", "distance", "size", "direction_clock", "counting", "existence",

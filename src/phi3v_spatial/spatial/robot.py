@@ -83,7 +83,7 @@ def grasp_for(obj: SceneObject) -> tuple[float, float, float, float] | None:
 
     Mugs and rings are taken by the rim (the jaws straddle the wall, on the side away from the
     handle); other objects across the shorter horizontal side of their box."""
-    top, bottom, h = obj.box.top, obj.box.bottom, obj.height
+    top, h = obj.box.top, obj.height
     if h < 0.02:
         return None
     if obj.shape in ("mug", "ring") and obj.geometry and obj.orientation is not None:

@@ -25,6 +25,7 @@ ROBOT_URDF = "franka_panda/panda.urdf"
 ROBOT_ARM_JOINTS = tuple(range(7))
 ROBOT_FINGER_JOINTS = (9, 10)
 ROBOT_TCP_LINK = 11  # panda_grasptarget: the point between the fingertips
+ROBOT_REST = (0.0, -0.3, 0.0, -2.2, 0.0, 2.0, 0.79)
 GRIPPER_MAX_OPENING = 0.08
 # tool frame (x: approach, y: jaw axis, z = x cross y) expressed in the panda hand frame (z: approach)
 TOOL_IN_HAND = np.array([[0.0, 0.0, -1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
@@ -168,8 +169,7 @@ class World:
         returns (joints, achieved tool pose)."""
         p, kw, r = self.p, self.kw, self.robot_body
         hand = rpy_to_matrix(*rpy) @ TOOL_IN_HAND.T
-        rest = [0.0, -0.3, 0.0, -2.2, 0.0, 2.0, 0.79, 0, 0, opening / 2, opening / 2]
-        for j, q in enumerate(rest[:7]):
+        for j, q in zip(ROBOT_ARM_JOINTS, ROBOT_REST):  # IK starts from a folded, elbow-up arm
             p.resetJointState(r, j, q, **kw)
         for _ in range(3):  # IK from the current state, refined
             q = p.calculateInverseKinematics(r, ROBOT_TCP_LINK, list(position), list(matrix_to_quat(hand)),
