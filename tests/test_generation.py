@@ -214,3 +214,19 @@ def test_rows_cross_the_long_rope_boundary_independently(model, reference_dir, m
     for t in (6, 7, 11):
         expected = uncached_logits(model, ids, mask, {}, [row[:t] for row in res.tokens])
         assert (res.step_logits[t] - expected).abs().max() <= 1e-4, f"step {t}"
+
+
+def test_cpu_weight_layout_keeps_values_and_outputs(tiny_checkpoint, reference_dir, manifest):
+    from phi3v_spatial.model.decode import cpu_weight_layout
+
+    fresh = Phi3VForCausalLM.from_pretrained(tiny_checkpoint)
+    _, _, inputs = load_model_case(reference_dir, manifest, "m_image_one")
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with torch.inference_mode():
+        ref = fresh(**inputs).logits
+        cpu_weight_layout(fresh)
+        out = fresh(**inputs).logits
+    after = fresh.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not fresh.model.layers[0].self_attn.qkv_proj.weight.is_contiguous()  # really re-laid out
+    assert (out - ref).abs().max() <= 1e-5
