@@ -16,9 +16,9 @@ if not hasattr(spatial, "synthesize"):
 SUBSET_SCENES = 5  # the first scenes of spatial-mini: every task, ~130 samples, a few seconds
 
 
-@pytest.fixture(scope="session", params=["subset", pytest.param("full", marks=pytest.mark.slow)])
+@pytest.fixture(scope="session", params=["subset", "full"])
 def mini_dir(request, tmp_path_factory):
-    """spatial-mini (or its first scenes, by default), built once per test session in a temporary cache."""
+    """spatial-mini, whole and its first scenes, built once per test session in a temporary cache."""
     root = tmp_path_factory.mktemp("suites")
     return build_suite("spatial-mini", root=root, num_scenes=SUBSET_SCENES if request.param == "subset" else None)
 
