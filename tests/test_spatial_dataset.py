@@ -336,3 +336,28 @@ def test_a_seed_without_a_valid_scene_is_skipped_and_listed(tmp_path, monkeypatc
     info = load_info(out)
     assert info["complete"] and info["counts"]["skipped_seeds"] == [21]
     assert {s["scene"] for s in iter_samples(out)} == {"scenes/s0000000020.json"}
+
+
+def test_yes_no_wording_does_not_give_the_answer_away(ds):
+    """Neither the relation word nor which object is named first may predict yes/no: over many
+    draws every relation word is asked with both answers, near half and half."""
+    import collections
+
+    import numpy as np
+
+    from phi3v_spatial.spatial import questions
+    from phi3v_spatial.spatial.generate import well_seen
+
+    tally = collections.Counter()
+    for path in sorted((ds / "scenes").glob("*.json")):
+        scene = load_scene(path)
+        objs = [o for o in scene.objects if well_seen(o, scene.camera)]
+        for k in range(20):
+            for _, answer, meta in questions._relation_yesno(scene, objs, np.random.default_rng(k), 40, None):
+                tally[(meta["relation"], answer["value"])] += 1
+    words = {rel for rel, _ in tally}
+    assert {"left", "right", "bigger", "smaller"} <= words
+    for rel in words:
+        yes, no = tally[(rel, True)], tally[(rel, False)]
+        if yes + no >= 40:
+            assert 0.3 < yes / (yes + no) < 0.7, (rel, yes, no)

@@ -22,7 +22,7 @@ from .scene import Scene, SceneObject
 from .world import (ROBOT_URDF, World, check_resting, initial_heights, mass_of, sample_layout, sample_support,
                     yaw_quat)
 
-GENERATOR = f"phi3v_spatial {__version__} spatial-engine 1"
+GENERATOR = f"phi3v_spatial {__version__} spatial-engine 2"
 MAX_ATTEMPTS = 12
 CAMERA_TRIES = 4
 # an object is "well seen" (questions may name it) with this much of it visible

@@ -118,9 +118,13 @@ def _relation_yesno(scene, objs, rng, n, mask):
              if facts.relation(scene, a, b, rel) is True]
     out = []
     for a, b, rel in _diverse(rng, cands, lambda c: c[2], n):
+        # the fact "a rel b" is also "b opp a": state it either way, so that neither the relation
+        # word nor the order of the names tells the answer; then ask it (yes) or its opposite (no)
+        if rng.random() < 0.5:
+            a, b, rel = b, a, facts.OPPOSITE[rel]
         truth = bool(rng.random() < 0.5)
-        asked = rel if truth else facts.OPPOSITE[rel]  # the fact is "a rel b"; ask it or its opposite
-        qs = T.YESNO_QUESTIONS + (T.YESNO_VIEW_QUESTIONS if rel in ("left", "front") else ())
+        asked = rel if truth else facts.OPPOSITE[rel]
+        qs = T.YESNO_QUESTIONS + (T.YESNO_VIEW_QUESTIONS if rel in ("left", "right", "front", "behind") else ())
         qi, q = _pick(rng, qs)
         ai, ans = _pick(rng, T.YES_ANSWERS if truth else T.NO_ANSWERS)
         f = {"a": a.name, "b": b.name, "rel": T.REL_PHRASE[asked], "opp": T.REL_PHRASE[facts.OPPOSITE[asked]]}
