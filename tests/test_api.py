@@ -168,3 +168,9 @@ def test_hf_generate_with_streamer(vlm, reference_dir, manifest):
     assert torch.equal(inputs["input_ids"], before) and torch.equal(out[:, : before.shape[1]], before)
     assert out[0, before.shape[1] :].tolist() == golden[0].tolist()
     assert "".join(streamer) == vlm.tokenizer.decode(golden[0].tolist(), skip_special_tokens=True)
+
+
+def test_load_defaults_to_the_embedded_model():
+    vlm = phi3v_spatial.load(device="cpu")
+    r = vlm.chat([{"role": "user", "content": "Is the cup left of the plate?"}], max_new_tokens=8)
+    assert isinstance(r.text, str) and 1 <= r.completion_tokens <= 8 and r.finish_reason in ("stop", "length")

@@ -60,7 +60,7 @@ def resolve_runtime(device: str | torch.device = "auto", dtype: str | torch.dtyp
 
 
 def load(
-    model: str,
+    model: str | None = None,
     device: str = "auto",
     dtype: str = "auto",
     num_crops: int | None = None,
@@ -68,10 +68,14 @@ def load(
     progress: bool = False,
     image_cache_size: int = 32,
 ) -> "Phi3V":
-    """Load a Phi-3-V checkpoint folder (or Hugging Face hub id) with its processor."""
+    """Load a Phi-3-V checkpoint folder (or Hugging Face hub id; default: the embedded model) with its processor."""
     from .model import Phi3VForCausalLM
     from .processing import Phi3VProcessor
 
+    if model is None:
+        from .assets import default_model_path
+
+        model = default_model_path()
     dev, dt = resolve_runtime(device, dtype)
     net = Phi3VForCausalLM.from_pretrained(model, torch_dtype=dt, device_map=dev, attn_implementation=attn_implementation, progress=progress)
     processor = Phi3VProcessor.from_pretrained(net.name_or_path, num_crops=num_crops)

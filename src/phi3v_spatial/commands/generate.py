@@ -14,7 +14,7 @@ import sys
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="checkpoint folder or Hugging Face hub id")
+    p.add_argument("--model", default=None, help="checkpoint folder or Hugging Face hub id (default: the embedded model)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto (float32 on CPU, bfloat16 on GPU)")
     p.add_argument("--num-crops", type=int, default=None, help="HD crops per image (default: the checkpoint's)")
