@@ -211,6 +211,22 @@ def test_cli_model_path_wiring(tmp_path, monkeypatch, capsys):
     assert last["answerer"] == "local:ckpt" and last["num_samples"] == 10
 
 
+def test_cli_defaults_to_the_embedded_model(tmp_path, monkeypatch, capsys):
+    import phi3v_spatial
+    from phi3v_spatial.assets import default_model_path
+
+    seen = {}
+
+    def fake_load(path, device="cpu", dtype="float32", num_crops=None):
+        seen["path"] = path
+        return FakeModel()
+
+    monkeypatch.setattr(phi3v_spatial, "load", fake_load, raising=False)
+    root = write_dataset(tmp_path / "ds", scenes=1)
+    rc = cli.main(["eval", "--suite", f"dir:{root}", "--out", str(tmp_path / "o"), "--no-progress", "--no-charts"])
+    assert rc == 0 and seen["path"] == str(default_model_path())
+
+
 def test_tiny_checkpoint_end_to_end(dataset, tmp_path, tiny_checkpoint):
     phi3v_spatial = pytest.importorskip("phi3v_spatial")
     if not hasattr(phi3v_spatial, "load"):

@@ -7,8 +7,9 @@ import os
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    who = parser.add_mutually_exclusive_group(required=True)
-    who.add_argument("--model", metavar="DIR", help="this package's model from a checkpoint folder")
+    who = parser.add_mutually_exclusive_group()
+    who.add_argument("--model", metavar="DIR",
+                     help="this package's model from a checkpoint folder (default, when no answerer is given: the embedded model)")
     who.add_argument("--endpoint", metavar="URL", help="an OpenAI-compatible server (http://host:port[/v1])")
     who.add_argument("--oracle", nargs="?", const="structured", choices=("structured", "reference"),
                      help="answer with the ground truth (structured: formatted answer object; reference: the dataset's own answer text)")
@@ -38,6 +39,10 @@ def make_answerer(args):
     from ..errors import ConfigError
     from ..evaluate import answerers
 
+    if not (args.model or args.endpoint or args.oracle or args.baseline is not None):
+        from ..assets import default_model_path
+
+        args.model = str(default_model_path())
     if args.model:
         return answerers.LocalModelAnswerer.from_path(args.model, device=args.device, dtype=args.dtype,
                                                       max_new_tokens=args.max_new_tokens, num_crops=args.num_crops)
