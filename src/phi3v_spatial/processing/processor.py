@@ -156,7 +156,11 @@ class Phi3VProcessor:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, num_crops: int | None = None, **image_kwargs) -> "Phi3VProcessor":
         """From a checkpoint folder (tokenizer files + preprocessor_config.json) or a Hugging Face
-        repo id (only those files are downloaded). num_crops overrides preprocessor_config.json."""
+        repo id (only those files are downloaded). num_crops overrides preprocessor_config.json.
+        Hugging Face keywords with no meaning here (`trust_remote_code`, `use_fast`) are accepted and
+        ignored, so the model card's snippet runs unchanged."""
+        for hf_only in ("trust_remote_code", "use_fast"):
+            image_kwargs.pop(hf_only, None)
         folder = Path(path)
         if not folder.is_dir():
             folder = _download(str(path))
