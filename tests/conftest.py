@@ -56,3 +56,15 @@ def manifest(reference_dir) -> dict:
     import json
 
     return json.loads((reference_dir / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one thread is as fast and far steadier on a shared machine (opt in with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

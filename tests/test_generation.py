@@ -18,13 +18,7 @@ CASES = ["m_text_short", "m_text_cross", "m_text_long", "m_image_one", "m_image_
          "m_batch2_text", "m_batch2_image"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is as fast and far steadier on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
