@@ -352,15 +352,19 @@ def _grounding_box(scene, objs, rng, n, mask):
     out = []
     for form, label, members in _diverse(rng, cands, lambda c: c[0], n):
         value = [entry(o) for o in members]
-        if form == "one":
-            qi, q = _pick(rng, T.BOX_QUESTIONS)
-            q, text = q.format(a=label), json.dumps(value[0])
-        else:
-            qi, q = _pick(rng, T.BOX_ALL_QUESTIONS)
-            q, text = q.format(plural=_plural(label), singular=label), json.dumps(value)
+        qi, q, text = _grounding_question(rng, form, label, value, T.BOX_QUESTIONS, T.BOX_ALL_QUESTIONS)
         out.append((_chat(q, text), {"type": "boxes", "value": value},
                     {"form": form, "object_ids": [o.mask_id for o in members], "template": qi}))
     return out
+
+
+def _grounding_question(rng, form, label, value, one_questions, all_questions):
+    """(template index, question, JSON answer) for one named object or all objects of a shape."""
+    if form == "one":
+        qi, q = _pick(rng, one_questions)
+        return qi, q.format(a=label), json.dumps(value[0])
+    qi, q = _pick(rng, all_questions)
+    return qi, q.format(plural=_plural(label), singular=label), json.dumps(value)
 
 
 def _grounding_point(scene, objs, rng, n, mask):
@@ -378,12 +382,7 @@ def _grounding_point(scene, objs, rng, n, mask):
     out = []
     for form, label, members in _diverse(rng, cands, lambda c: c[0], n):
         value = [{"label": o.name, "point_2d": points[o.mask_id]} for o in members]
-        if form == "one":
-            qi, q = _pick(rng, T.POINT_QUESTIONS)
-            q, text = q.format(a=label), json.dumps(value[0])
-        else:
-            qi, q = _pick(rng, T.POINT_ALL_QUESTIONS)
-            q, text = q.format(plural=_plural(label), singular=label), json.dumps(value)
+        qi, q, text = _grounding_question(rng, form, label, value, T.POINT_QUESTIONS, T.POINT_ALL_QUESTIONS)
         out.append((_chat(q, text), {"type": "points", "value": value, "mask": scene.files.get("mask", ""),
                                      "mask_ids": [o.mask_id for o in members]},
                     {"form": form, "object_ids": [o.mask_id for o in members], "template": qi}))
