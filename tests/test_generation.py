@@ -224,3 +224,29 @@ def test_cpu_weight_layout_keeps_values_and_outputs(tiny_checkpoint, reference_d
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert not fresh.model.layers[0].self_attn.qkv_proj.weight.is_contiguous()  # really re-laid out
     assert (out - ref).abs().max() <= 1e-5
+
+
+def test_onednn_decode_matches_the_blas_fallback(tiny_checkpoint, reference_dir, manifest, monkeypatch):
+    """The decode step's float32 CPU matmuls go to oneDNN when the build has it; without it
+    (forced here) they are BLAS `F.linear` on column-major weights. Same tokens, logits within
+    float32 rounding, and both equal the uncached forward."""
+    import phi3v_spatial.generation as generation_module
+    from phi3v_spatial.model import decode
+
+    assert decode.onednn_linear_available()  # the PyPI CPU build of torch ships oneDNN
+    _, _, ids, mask, images = gen_inputs(reference_dir, manifest, "m_image_one")
+    fast = Phi3VForCausalLM.from_pretrained(tiny_checkpoint)
+    assert decode.use_onednn(fast)
+    a = generate(fast, ids, mask, params=GREEDY12, return_step_logits=True, **images)
+    assert fast.model.layers[0].self_attn.qkv_proj.weight.is_contiguous()  # row-major kept: oneDNN reads it as is
+
+    monkeypatch.setattr(decode, "use_onednn", lambda model: False)
+    monkeypatch.setattr(generation_module, "use_onednn", lambda model: False)
+    blas = Phi3VForCausalLM.from_pretrained(tiny_checkpoint)
+    b = generate(blas, ids, mask, params=GREEDY12, return_step_logits=True, **images)
+    assert not blas.model.layers[0].self_attn.qkv_proj.weight.is_contiguous()  # the fallback's layout
+    assert a.tokens == b.tokens
+    for t in (0, 6, 11):
+        assert (a.step_logits[t] - b.step_logits[t]).abs().max() <= 1e-4
+        expected = uncached_logits(fast, ids, mask, images, [row[:t] for row in a.tokens])
+        assert (a.step_logits[t] - expected).abs().max() <= 1e-4

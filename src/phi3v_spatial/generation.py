@@ -7,9 +7,10 @@ One call (`Generation`, or `generate()` which runs it to the end):
    `image_features`); the prompts run through the model in one forward that fills a preallocated
    KV cache of `prompt + max_new_tokens` slots and returns only the last position's logits.
 2. Decode. One token per row per step through `model.decode.DecodeStep` (no checks, no mask
-   building, RoPE from tables). On CPU, the first generation stores the model's float32 Linear
-   weights column-major in place (`model.decode.cpu_weight_layout`): same values, faster BLAS. Each row's position is its own count of real tokens, so a padded row
-   computes what it computes alone.
+   building, RoPE from tables; float32 matmuls through oneDNN on CPU). On a CPU build without
+   oneDNN, the first generation stores the model's float32 Linear weights column-major in place
+   (`model.decode.cpu_weight_layout`): same values, faster BLAS. Each row's position is its own
+   count of real tokens, so a padded row computes what it computes alone.
 3. Stopping, per row: an end token (`stop_token_ids`: the checkpoint's eos, `<|end|>` 32007 and
    `<|endoftext|>` 32000 by default), a stop string (the text is cut before it; needs a tokenizer),
    or `max_new_tokens` (also capped by the context length). A finished row stops counting; once a
@@ -37,7 +38,7 @@ import torch
 
 from .errors import GenerationError, PromptError
 from .model.cache import KVCache
-from .model.decode import DecodeStep, cpu_weight_layout
+from .model.decode import DecodeStep, cpu_weight_layout, use_onednn
 from .sampling import SamplingParams, make_generator, next_tokens, seen_tokens, token_logprobs
 
 END_OF_TEXT_ID = 32000  # <|endoftext|> in the Phi-3 vocabulary
@@ -241,7 +242,8 @@ class Generation:
         between steps runs in whatever mode it chose)."""
         model, p = self.model, self.params
         cfg = model.config
-        cpu_weight_layout(model)  # once per model, before the clock starts
+        if not use_onednn(model):
+            cpu_weight_layout(model)  # once per model, before the clock starts
         t_start = time.perf_counter()
         device = model.device
         with torch.inference_mode():

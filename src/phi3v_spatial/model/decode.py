@@ -10,13 +10,16 @@ path does only what one token needs and nothing the general forward does to be g
   rotate_half(x)*sin exactly;
 - no mask building: padding is a (B, 1, 1, slots) additive bias made once per generation and sliced;
 - attention of the single query as two small matmuls (`_attend_one`), not the fused SDPA kernel;
-- weights read straight from plain `nn.Linear`/`nn.Embedding` modules (one `F.linear` each); any
+- weights read straight from plain `nn.Linear`/`nn.Embedding` modules (one matmul each); any
   other module in their place (a LoRA layer, a quantized linear, a module with hooks) is called
-  as a module, so swapped-in layers keep working.
+  as a module, so swapped-in layers keep working;
+- on CPU in float32 those matmuls go to oneDNN (`onednn_linear`) instead of the BLAS `F.linear`
+  calls: for the 1-8 rows of a decode step it streams the weights ~1.5x (1 row) to ~2.5x (8 rows)
+  faster on this project's machine, reading the same row-major weights (no copy, no repacking).
 
 The math is the decoder's (language.py); tests check the step's logits against the uncached forward.
 
-`cpu_weight_layout` is the other half of decode speed on CPU: see its docstring.
+`cpu_weight_layout` is the fallback for CPU builds without oneDNN: see its docstring.
 """
 from __future__ import annotations
 
@@ -51,14 +54,49 @@ def cpu_weight_layout(model) -> None:
     model._cpu_weight_layout = True
 
 
+_ONEDNN: bool | None = None
+
+
+def onednn_linear_available() -> bool:
+    """True when this torch build has oneDNN's linear op and it agrees with `F.linear` (probed once)."""
+    global _ONEDNN
+    if _ONEDNN is None:
+        try:
+            op = torch.ops.mkldnn._linear_pointwise
+            g = torch.Generator().manual_seed(0)
+            x, w = torch.randn(3, 1, 40, generator=g), torch.randn(24, 40, generator=g)
+            _ONEDNN = bool(torch.backends.mkldnn.is_available()) and torch.allclose(
+                op(x, w, None, "none", [], ""), F.linear(x, w), rtol=1e-5, atol=1e-5)
+        except (AttributeError, RuntimeError):
+            _ONEDNN = False
+    return _ONEDNN
+
+
+def onednn_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """`F.linear(x, w)` through oneDNN (float32 CPU tensors, no bias). The same products summed in
+    another order: results agree with `F.linear` to float32 rounding (~1e-6 relative)."""
+    return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+
+
+def use_onednn(model) -> bool:
+    """The decode step's matmuls go to oneDNN for a float32 model on the CPU, when available."""
+    return model.device.type == "cpu" and model.dtype == torch.float32 and onednn_linear_available()
+
+
 def _plain_linear(m: nn.Module):
     """The weight of a plain bias-free nn.Linear without hooks, else the module itself."""
     plain = type(m) is nn.Linear and m.bias is None and not (m._forward_hooks or m._forward_pre_hooks)
     return m.weight if plain else m
 
 
-def _linear(x: torch.Tensor, w) -> torch.Tensor:
-    return F.linear(x, w) if isinstance(w, torch.Tensor) else w(x)
+def _bind_linear(w, fast: bool):
+    """A callable x -> x @ w^T for one layer: oneDNN for a plain float32 weight when `fast`, else
+    `F.linear`, else (a swapped-in module) the module itself."""
+    if not isinstance(w, torch.Tensor):
+        return w
+    if fast and w.dtype == torch.float32 and w.dim() == 2:
+        return lambda x: onednn_linear(x, w)
+    return lambda x: F.linear(x, w)
 
 
 def _rms_norm(x: torch.Tensor, norm) -> torch.Tensor:
@@ -100,19 +138,20 @@ class DecodeStep:
         dtype, device = model.dtype, model.device
         emb = lm.embed_tokens
         self.embed = emb.weight if type(emb) is nn.Embedding and not emb._forward_hooks else emb
+        fast = use_onednn(model)
         self.layers = [
             (
                 layer.input_layernorm,
-                _plain_linear(layer.self_attn.qkv_proj),
-                _plain_linear(layer.self_attn.o_proj),
+                _bind_linear(_plain_linear(layer.self_attn.qkv_proj), fast),
+                _bind_linear(_plain_linear(layer.self_attn.o_proj), fast),
                 layer.post_attention_layernorm,
-                _plain_linear(layer.mlp.gate_up_proj),
-                _plain_linear(layer.mlp.down_proj),
+                _bind_linear(_plain_linear(layer.mlp.gate_up_proj), fast),
+                _bind_linear(_plain_linear(layer.mlp.down_proj), fast),
             )
             for layer in lm.layers
         ]
         self.norm = lm.norm
-        self.lm_head = _plain_linear(model.lm_head)
+        self.lm_head = _bind_linear(_plain_linear(model.lm_head), fast)
         # RoPE tables for every slot, regime-major: row (regime * max_slots + position)
         positions = torch.arange(max_slots, device=device).expand(2, max_slots)
         short, long_ = rope_inv_freq(cfg, False, device), rope_inv_freq(cfg, True, device)
@@ -146,16 +185,16 @@ class DecodeStep:
         start = 0 if self.window is None or slot <= self.window else slot - self.window
         if bias is not None:
             bias = bias[..., start : slot + 1]
-        for i, (ln1, qkv_w, o_w, ln2, gate_up_w, down_w) in enumerate(self.layers):
-            qkv = _linear(_rms_norm(x, ln1), qkv_w).view(B, H + 2 * KVH, d)  # rows [q heads | k heads | v heads]
+        for i, (ln1, qkv_proj, o_proj, ln2, gate_up_proj, down_proj) in enumerate(self.layers):
+            qkv = qkv_proj(_rms_norm(x, ln1)).view(B, H + 2 * KVH, d)  # rows [q heads | k heads | v heads]
             qk = qkv[:, : H + KVH]
             qk = torch.addcmul(qk * cos, qk.roll(half, -1), sin)  # RoPE on q and k at once
             k_cache, v_cache = cache.k[i], cache.v[i]  # (B, KVH, S, d)
             k_cache[:, :, slot] = qk[:, H:]
             v_cache[:, :, slot] = qkv[:, H + KVH :]
             out = _attend_one(qk[:, :H], k_cache[:, :, start : slot + 1], v_cache[:, :, start : slot + 1], bias, self.scale)
-            x = x + _linear(out.reshape(B, 1, H * d), o_w)
-            gate, up = _linear(_rms_norm(x, ln2), gate_up_w).chunk(2, dim=-1)
-            x = x + _linear(F.silu(gate) * up, down_w)
+            x = x + o_proj(out.reshape(B, 1, H * d))
+            gate, up = gate_up_proj(_rms_norm(x, ln2)).chunk(2, dim=-1)
+            x = x + down_proj(F.silu(gate) * up)
         cache.length = slot + 1
-        return _linear(_rms_norm(x, self.norm), self.lm_head)[:, 0].float()
+        return self.lm_head(_rms_norm(x, self.norm))[:, 0].float()
