@@ -74,8 +74,16 @@ def onednn_linear_available() -> bool:
 
 def onednn_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """`F.linear(x, w)` through oneDNN (float32 CPU tensors, no bias). The same products summed in
-    another order: results agree with `F.linear` to float32 rounding (~1e-6 relative)."""
-    return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+    another order: results agree with `F.linear` to float32 rounding (~1e-6 relative).
+
+    One row multiplies as x W^T; several rows as (W x^T)^T, oneDNN's faster form when the weight is
+    the tall operand (2-8 rows: ~1.4x on this project's machine)."""
+    rows = x.numel() // x.shape[-1]
+    if rows == 1:
+        return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+    flat = x.reshape(rows, x.shape[-1]).contiguous()
+    out = torch.ops.mkldnn._linear_pointwise(w, flat, None, "none", [], "")  # (out, rows)
+    return out.t().contiguous().view(*x.shape[:-1], w.shape[0])
 
 
 def use_onednn(model) -> bool:
