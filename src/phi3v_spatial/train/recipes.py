@@ -12,7 +12,11 @@ import torch
 from ..errors import ConfigError
 from .config import TrainConfig
 
-TINY_SPATIAL_TASKS = ("relation_yesno", "relation_choice", "distance", "size", "direction_clock", "counting", "existence")
+# grounding (boxes, points) is in the mix for what it teaches: its coordinates can only be read off the
+# image, so it is what makes a model trained from scratch look at the image at all (without it the
+# decoder learns the answers' language prior and ignores the image tokens)
+TINY_SPATIAL_TASKS = ("relation_yesno", "relation_choice", "distance", "size", "direction_clock", "counting", "existence",
+                      "grounding_box", "grounding_point")
 # sized for CPU training: ~2.5 samples/s on one core; the 577-patch CLIP crops and the 313 image
 # tokens per prompt dominate the cost, so the vision tower is narrow and shallow
 TINY_SPATIAL_ARCH = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
@@ -26,7 +30,7 @@ RECIPES = ("tiny-spatial",)
 def tiny_spatial_config(out: str = "runs/tiny-spatial", **overrides) -> TrainConfig:
     cfg = TrainConfig(
         model=str(Path(out) / "init"), out=out, data=[str(Path(out) / "data")], method="full",
-        lr=1e-3, weight_decay=0.01, warmup_steps=50, min_lr_ratio=0.05, max_steps=2000, batch_size=8,
+        lr=1e-3, weight_decay=0.05, warmup_steps=50, min_lr_ratio=0.05, max_steps=2000, batch_size=8,
         micro_batch_size=4, max_grad_norm=1.0, num_crops=TINY_SPATIAL_NUM_CROPS, save_every=50,
         max_length=2048, seed=0,
     )
@@ -81,7 +85,68 @@ def prepare_tiny_spatial(cfg: TrainConfig, tokenizer_from: str | Path, num_scene
             raise ConfigError("training scenes would reach the held-out evaluation seeds")
         data = str(out / "data")
         synthesize(data, num_scenes=num_scenes, seed=0, tasks=list(TINY_SPATIAL_TASKS), workers=workers, progress=True)
+    if not (Path(data) / "data" / "listing.jsonl").is_file():
+        add_listing_shard(data, cfg.seed)
     return cfg.replace(model=str(init), data=[data])
+
+
+LISTING_QUESTIONS = {
+    "left_to_right": ("List the objects in the image from left to right.",
+                      "Name every object you see, ordered from left to right.",
+                      "What objects are in this picture? Go from left to right."),
+    "near_to_far": ("List the objects in the image from nearest to farthest from the camera.",
+                    "Name the objects, starting with the one closest to the camera.",
+                    "Order the objects in this picture from front to back."),
+}
+
+
+def listing_samples(scene, seed: int = 0) -> list[dict]:
+    """Training-only "list the objects" samples of one engine scene: its well-seen objects named
+    left to right (image x of their centres) and near to far (horizontal distance from the camera).
+
+    What they teach: every name in the answer has to be read off the image (the text says nothing
+    about which colours and shapes are there), so they are the captioning stage of a VLM recipe for
+    a model trained from scratch, and their orders are the left/right and front/behind relations."""
+    import numpy as np
+
+    from ..spatial.camera import project
+    from ..spatial.generate import well_seen
+
+    names = [o.name for o in scene.objects]
+    objs = [o for o in scene.objects if o.role == "object" and well_seen(o, scene.camera) and names.count(o.name) == 1]
+    if len(objs) < 2:
+        return []
+    uv, _ = project(scene.camera, np.stack([o.center for o in objs]))
+    cam_xy = np.asarray(scene.camera.position)[:2]
+    orders = {
+        "left_to_right": [objs[i] for i in np.argsort(uv[:, 0], kind="stable")],
+        "near_to_far": sorted(objs, key=lambda o: float(np.linalg.norm(np.asarray(o.center)[:2] - cam_xy))),
+    }
+    rng = np.random.default_rng([seed, int(scene.seed), 11])
+    image = scene.files.get("image", "")
+    out = []
+    for kind, ordered in orders.items():
+        q = LISTING_QUESTIONS[kind][int(rng.integers(len(LISTING_QUESTIONS[kind])))]
+        out.append({"id": f"{scene.scene_id}-listing-{kind}", "image": image, "images": [image], "task": "listing",
+                    "messages": [{"role": "user", "content": f"<|image_1|>\n{q}"},
+                                 {"role": "assistant", "content": ", ".join(o.name for o in ordered) + "."}],
+                    "answer": {"type": "list", "value": [o.name for o in ordered]},
+                    "scene": f"scenes/{scene.scene_id}.json", "meta": {"order": kind, "seed": scene.seed}})
+    return out
+
+
+def add_listing_shard(engine_dir: str | Path, seed: int = 0) -> Path:
+    """Write `data/listing.jsonl` (listing_samples of every scene) into a data-engine folder."""
+    from ..spatial.dataset import encode_sample
+    from ..spatial.scene import load_scene
+
+    root = Path(engine_dir)
+    out = root / "data" / "listing.jsonl"
+    with open(out, "w", encoding="utf-8") as f:
+        for path in sorted((root / "scenes").glob("*.json")):
+            for sample in listing_samples(load_scene(path), seed):
+                f.write(encode_sample(sample))
+    return out
 
 
 def pack_by_image(source, max_turns: int = 8, seed: int = 0):
