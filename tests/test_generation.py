@@ -226,27 +226,54 @@ def test_cpu_weight_layout_keeps_values_and_outputs(tiny_checkpoint, reference_d
     assert (out - ref).abs().max() <= 1e-5
 
 
-def test_onednn_decode_matches_the_blas_fallback(tiny_checkpoint, reference_dir, manifest, monkeypatch):
-    """The decode step's float32 CPU matmuls go to oneDNN when the build has it; without it
-    (forced here) they are BLAS `F.linear` on column-major weights. Same tokens, logits within
-    float32 rounding, and both equal the uncached forward."""
-    import phi3v_spatial.generation as generation_module
+def test_onednn_decode_matches_the_blas_fallback(monkeypatch):
+    """The decode step's float32 CPU matmuls over weights of >= 1 MiB go to oneDNN when the build
+    has it; without it (forced here) they are BLAS `F.linear` on column-major weights. Same
+    tokens, logits within float32 rounding, and both equal the uncached forward."""
     from phi3v_spatial.model import decode
+    from phi3v_spatial.random_init import random_config, random_model
 
     assert decode.onednn_linear_available()  # the PyPI CPU build of torch ships oneDNN
-    _, _, ids, mask, images = gen_inputs(reference_dir, manifest, "m_image_one")
-    fast = Phi3VForCausalLM.from_pretrained(tiny_checkpoint)
+    config = random_config(hidden_size=512, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=8,
+                           num_key_value_heads=2)  # GQA, 1.5 MiB qkv_proj weight
+    ids = torch.randint(3, 30000, (2, 40), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, :7] = 0  # a left-padded row
+    fast = random_model(config, seed=0)
     assert decode.use_onednn(fast)
-    a = generate(fast, ids, mask, params=GREEDY12, return_step_logits=True, **images)
-    assert fast.model.layers[0].self_attn.qkv_proj.weight.is_contiguous()  # row-major kept: oneDNN reads it as is
+    a = generate(fast, ids, mask, params=GREEDY12, return_step_logits=True)
+    # oneDNN reads the large weights row-major as they are; the small ones (BLAS's) go column-major
+    linears = [m.weight for m in fast.modules() if type(m) is torch.nn.Linear]
+    assert all(w.is_contiguous() == (w.numel() >= decode._ONEDNN_MIN_WEIGHT) for w in linears)
+    assert any(w.is_contiguous() for w in linears) and not all(w.is_contiguous() for w in linears)
+    with monkeypatch.context() as m:
+        m.setattr(decode, "_SDPA_MIN_KEYS", 0)  # the fused attention with GQA and a padded row
+        fused = generate(fast, ids, mask, params=GREEDY12, return_step_logits=True)
+    assert fused.tokens == a.tokens
+    assert max((x - y).abs().max() for x, y in zip(fused.step_logits, a.step_logits)) <= 1e-4
 
     monkeypatch.setattr(decode, "use_onednn", lambda model: False)
-    monkeypatch.setattr(generation_module, "use_onednn", lambda model: False)
-    blas = Phi3VForCausalLM.from_pretrained(tiny_checkpoint)
-    b = generate(blas, ids, mask, params=GREEDY12, return_step_logits=True, **images)
+    blas = random_model(config, seed=0)
+    b = generate(blas, ids, mask, params=GREEDY12, return_step_logits=True)
     assert not blas.model.layers[0].self_attn.qkv_proj.weight.is_contiguous()  # the fallback's layout
     assert a.tokens == b.tokens
     for t in (0, 6, 11):
         assert (a.step_logits[t] - b.step_logits[t]).abs().max() <= 1e-4
-        expected = uncached_logits(fast, ids, mask, images, [row[:t] for row in a.tokens])
+        expected = uncached_logits(fast, ids, mask, {}, [row[:t] for row in a.tokens])
         assert (a.step_logits[t] - expected).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("name", ["m_batch2_image", "m_text_cross"])
+def test_fused_sdpa_decode_attention_equals_uncached_forward(model, reference_dir, manifest, monkeypatch, name):
+    """From enough rows x cached keys the decode step attends with the fused SDPA kernel instead of
+    two matmuls; forced on here for the small golden cases (padded image batch, RoPE crossing)."""
+    from phi3v_spatial.model import decode
+
+    _, z, ids, mask, images = gen_inputs(reference_dir, manifest, name)
+    matmuls = generate(model, ids, mask, params=GREEDY12, return_step_logits=True, **images)
+    monkeypatch.setattr(decode, "_SDPA_MIN_KEYS", 0)
+    fused = generate(model, ids, mask, params=GREEDY12, return_step_logits=True, **images)
+    assert fused.tokens == matmuls.tokens
+    for t in (0, 6, 11):
+        expected = uncached_logits(model, ids, mask, images, [row[:t] for row in fused.tokens])
+        assert (fused.step_logits[t] - expected).abs().max() <= 1e-4

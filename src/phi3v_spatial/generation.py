@@ -7,9 +7,10 @@ One call (`Generation`, or `generate()` which runs it to the end):
    `image_features`); the prompts run through the model in one forward that fills a preallocated
    KV cache of `prompt + max_new_tokens` slots and returns only the last position's logits.
 2. Decode. One token per row per step through `model.decode.DecodeStep` (no checks, no mask
-   building, RoPE from tables; float32 matmuls through oneDNN on CPU). On a CPU build without
-   oneDNN, the first generation stores the model's float32 Linear weights column-major in place
-   (`model.decode.cpu_weight_layout`): same values, faster BLAS. Each row's position is its own
+   building, RoPE from tables; float32 matmuls of large weights through oneDNN on CPU). The first
+   generation on CPU stores the float32 Linear weights that BLAS multiplies (all of them on a build
+   without oneDNN, else the small ones) column-major in place (`model.decode.prepare_cpu_decode`):
+   same values, faster BLAS. Each row's position is its own
    count of real tokens, so a padded row computes what it computes alone.
 3. Stopping, per row: an end token (`stop_token_ids`: the checkpoint's eos, `<|end|>` 32007 and
    `<|endoftext|>` 32000 by default), a stop string (the text is cut before it; needs a tokenizer),
@@ -38,7 +39,7 @@ import torch
 
 from .errors import GenerationError, PromptError
 from .model.cache import KVCache
-from .model.decode import DecodeStep, cpu_weight_layout, use_onednn
+from .model.decode import DecodeStep, prepare_cpu_decode
 from .sampling import SamplingParams, make_generator, next_tokens, seen_tokens, token_logprobs
 
 END_OF_TEXT_ID = 32000  # <|endoftext|> in the Phi-3 vocabulary
@@ -242,8 +243,7 @@ class Generation:
         between steps runs in whatever mode it chose)."""
         model, p = self.model, self.params
         cfg = model.config
-        if not use_onednn(model):
-            cpu_weight_layout(model)  # once per model, before the clock starts
+        prepare_cpu_decode(model)  # once per model, before the clock starts
         t_start = time.perf_counter()
         device = model.device
         with torch.inference_mode():

@@ -13,9 +13,10 @@ path does only what one token needs and nothing the general forward does to be g
 - weights read straight from plain `nn.Linear`/`nn.Embedding` modules (one matmul each); any
   other module in their place (a LoRA layer, a quantized linear, a module with hooks) is called
   as a module, so swapped-in layers keep working;
-- on CPU in float32 those matmuls go to oneDNN (`onednn_linear`) instead of the BLAS `F.linear`
-  calls: for the 1-8 rows of a decode step it streams the weights ~1.5x (1 row) to ~2.5x (8 rows)
-  faster on this project's machine, reading the same row-major weights (no copy, no repacking).
+- on CPU in float32, for a model too large for the caches, those matmuls go to oneDNN
+  (`onednn_linear`) instead of BLAS `F.linear`: for the 1-8 rows of a decode step it streams the
+  weights ~1.5x (1 row) to ~2.5x (8 rows) faster on this project's machine, reading the same
+  row-major weights (no copy, no repacking).
 
 The math is the decoder's (language.py); tests check the step's logits against the uncached forward.
 
@@ -32,8 +33,9 @@ from .language import Phi3RMSNorm
 from .rope import rope_cos_sin, rope_inv_freq
 
 
-def cpu_weight_layout(model) -> None:
-    """Store every plain float32 `nn.Linear` weight of a CPU model column-major, in place.
+def cpu_weight_layout(model, below: int | None = None) -> None:
+    """Store every plain float32 `nn.Linear` weight of a CPU model column-major, in place (with
+    `below`: only the weights of fewer elements, the ones the decode step leaves to BLAS).
 
     Same values, same (out, in) shape, transposed strides: `F.linear(x, W)` then multiplies by a
     contiguous W^T, the form the CPU BLAS streams fastest. Measured on this project's machine (mid-size
@@ -49,12 +51,16 @@ def cpu_weight_layout(model) -> None:
         for m in model.modules():
             if type(m) is nn.Linear and m.weight.dtype == torch.float32 and not (tied and m is model.lm_head):
                 w = m.weight
-                if w.dim() == 2 and w.is_contiguous() and w.shape[0] > 1 and w.shape[1] > 1:
+                if w.dim() == 2 and w.is_contiguous() and w.shape[0] > 1 and w.shape[1] > 1 and (below is None or w.numel() < below):
                     w.data = w.data.t().contiguous().t()
     model._cpu_weight_layout = True
 
 
 _ONEDNN: bool | None = None
+# oneDNN streams weights from memory faster than BLAS, but on cache-resident ones its per-call
+# cost is higher: used for models of >= 64 MiB of decoder weights, and in them for weights >= 1 MiB
+_ONEDNN_MIN_MODEL = 64 << 20
+_ONEDNN_MIN_WEIGHT = 1 << 18
 
 
 def onednn_linear_available() -> bool:
@@ -86,9 +92,23 @@ def onednn_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return out.t().contiguous().view(*x.shape[:-1], w.shape[0])
 
 
+def prepare_cpu_decode(model) -> None:
+    """Once per model, before decoding on CPU: the weights BLAS will multiply go column-major (all
+    of them without oneDNN; with it, those under `_ONEDNN_MIN_WEIGHT`, oneDNN reading the rest
+    row-major as they are)."""
+    if model.device.type == "cpu":
+        cpu_weight_layout(model, below=_ONEDNN_MIN_WEIGHT if use_onednn(model) else None)
+
+
 def use_onednn(model) -> bool:
-    """The decode step's matmuls go to oneDNN for a float32 model on the CPU, when available."""
-    return model.device.type == "cpu" and model.dtype == torch.float32 and onednn_linear_available()
+    """The decode step's matmuls go to oneDNN for a float32 model on the CPU whose decoder weights
+    outgrow the caches (>= `_ONEDNN_MIN_MODEL` bytes), when available. Smaller models are
+    cache-resident, where BLAS on column-major weights is as fast or faster."""
+    if model.device.type != "cpu" or model.dtype != torch.float32 or not onednn_linear_available():
+        return False
+    lm = model.model
+    params = [p for m in (*lm.layers, model.lm_head) for p in m.parameters()]
+    return sum(p.numel() * p.element_size() for p in params) >= _ONEDNN_MIN_MODEL
 
 
 def _plain_linear(m: nn.Module):
@@ -102,7 +122,7 @@ def _bind_linear(w, fast: bool):
     `F.linear`, else (a swapped-in module) the module itself."""
     if not isinstance(w, torch.Tensor):
         return w
-    if fast and w.dtype == torch.float32 and w.dim() == 2:
+    if fast and w.dtype == torch.float32 and w.dim() == 2 and w.numel() >= _ONEDNN_MIN_WEIGHT:
         return lambda x: onednn_linear(x, w)
     return lambda x: F.linear(x, w)
 
@@ -113,15 +133,25 @@ def _rms_norm(x: torch.Tensor, norm) -> torch.Tensor:
     return norm(x)  # other dtypes: the module's exact rounding order
 
 
+# rows x cached keys from which the fused SDPA kernel beats the two matmuls on CPU (measured: 8 rows
+# x 800 keys ~25% faster; 1 row x 800 keys ~35% slower; 1 row x 4000 keys ~40% faster)
+_SDPA_MIN_KEYS = 4096
+
+
 def _attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, scale: float) -> torch.Tensor:
     """Attention of one query per row. q: (B, H, d); k, v: (B, KVH, S, d) -> (B, H, d).
 
     The query heads of a KV head are grouped as rows of one matmul (GQA without repeating keys).
     Softmax in float32, as the eager path. Two batched matmuls: on CPU this beats the fused SDPA
-    kernel for a single query, whose thread-pool fan-out costs more than the arithmetic.
+    kernel for a single query over a short cache, whose thread-pool fan-out costs more than the
+    arithmetic; from `_SDPA_MIN_KEYS` rows x keys on, the fused kernel is faster and used.
     """
     B, H, d = q.shape
     KVH = k.shape[1]
+    if B * k.shape[2] >= _SDPA_MIN_KEYS and q.device.type == "cpu":  # enough keys that the fused kernel's fan-out pays
+        mask = None if bias is None else bias.to(q.dtype)
+        return F.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=mask, scale=scale,
+                                              enable_gqa=H != KVH).view(B, H, d)
     scores = torch.matmul(q.view(B, KVH, H // KVH, d), k.transpose(2, 3)) * scale  # (B, KVH, H/KVH, S)
     if bias is not None:
         scores = scores + bias  # (B, 1, 1, S) broadcasts over heads
