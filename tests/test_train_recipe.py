@@ -53,3 +53,21 @@ def test_listing_samples_train_like_the_engine_s(ds):
     assert tasks == {"existence", "listing"}
     packed = pack_by_image(source, seed=0)
     assert sum(len(s["messages"]) // 2 for s in packed.samples) == len(source.samples)  # every question kept once
+
+
+def test_vision_lr_scale_puts_the_image_side_in_its_own_group():
+    from phi3v_spatial.errors import ConfigError
+    from phi3v_spatial.random_init import random_config, random_model
+    from phi3v_spatial.train.loop import param_groups
+
+    model = random_model(random_config(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                       vision=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                                   num_attention_heads=2)))
+    assert [g["lr"] for g in param_groups(model, 1e-3)] == [1e-3]
+    rest, vision = param_groups(model, 1e-3, 10.0)
+    assert (rest["lr"], vision["lr"]) == (1e-3, 1e-2)
+    image_side = {id(p) for p in model.model.vision_embed_tokens.parameters()}
+    assert {id(p) for p in vision["params"]} == image_side
+    assert len(rest["params"]) + len(vision["params"]) == len(list(model.parameters()))
+    with pytest.raises(ConfigError, match="lr_vision_scale"):
+        param_groups(model, 1e-3, 0.0)

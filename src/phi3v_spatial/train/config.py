@@ -27,6 +27,7 @@ class TrainConfig:
     freeze_projector: bool = False  # full fine-tuning: keep the image projector fixed
     # optimisation
     lr: float = 2e-4
+    lr_vision_scale: float = 1.0  # the image side (CLIP tower, separators, projector) trains at lr x this
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 0

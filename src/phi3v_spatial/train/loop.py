@@ -50,6 +50,19 @@ class LossModule(nn.Module):
         return F.cross_entropy(logits, targets[keep], reduction="sum")
 
 
+def param_groups(model: nn.Module, lr: float, vision_scale: float = 1.0) -> list[dict]:
+    """The trainable parameters as optimizer groups: the image side (`vision_embed_tokens`: CLIP
+    tower, separators, projector) at lr x vision_scale when that is not 1, the rest at lr."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if vision_scale == 1.0:
+        return [{"params": [p for _, p in named], "lr": lr}]
+    if vision_scale <= 0:
+        raise ConfigError(f"lr_vision_scale must be > 0 (got {vision_scale})")
+    vision = [p for n, p in named if ".vision_embed_tokens." in f".{n}"]
+    rest = [p for n, p in named if ".vision_embed_tokens." not in f".{n}"]
+    return [g for g in ({"params": rest, "lr": lr}, {"params": vision, "lr": lr * vision_scale}) if g["params"]]
+
+
 def warmup_cosine(warmup: int, total: int, min_ratio: float = 0.0) -> Callable[[int], float]:
     """lr multiplier: linear 0->1 over `warmup` steps, then cosine 1->min_ratio at `total`."""
 
@@ -164,9 +177,9 @@ def train(cfg: TrainConfig, model=None, processor=None, sources: list[Source] | 
     base.train()
     if cfg.gradient_checkpointing:
         base.gradient_checkpointing_enable()
-    params = [p for p in trained.parameters() if p.requires_grad]
     n_train, n_total = trainable_parameters(trained)
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
+    optimizer = torch.optim.AdamW(param_groups(trained, cfg.lr, cfg.lr_vision_scale), lr=cfg.lr,
+                                  weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio))
 
     def save_weights(folder: Path) -> None:
