@@ -178,8 +178,9 @@ def train(cfg: TrainConfig, model=None, processor=None, sources: list[Source] | 
     if cfg.gradient_checkpointing:
         base.gradient_checkpointing_enable()
     n_train, n_total = trainable_parameters(trained)
-    optimizer = torch.optim.AdamW(param_groups(trained, cfg.lr, cfg.lr_vision_scale), lr=cfg.lr,
-                                  weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
+    groups = param_groups(trained, cfg.lr, cfg.lr_vision_scale)
+    params = [p for g in groups for p in g["params"]]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio))
 
     def save_weights(folder: Path) -> None:
