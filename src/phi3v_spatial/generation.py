@@ -10,8 +10,8 @@ One call (`Generation`, or `generate()` which runs it to the end):
    building, RoPE from tables; float32 matmuls of large weights through oneDNN on CPU). The first
    generation on CPU stores the float32 Linear weights that BLAS multiplies (all of them on a build
    without oneDNN, else the small ones) column-major in place (`model.decode.prepare_cpu_decode`):
-   same values, faster BLAS. Each row's position is its own
-   count of real tokens, so a padded row computes what it computes alone.
+   same values, faster BLAS. Each row's position is its own count of real tokens, so a padded
+   row computes what it computes alone.
 3. Stopping, per row: an end token (`stop_token_ids`: the checkpoint's eos, `<|end|>` 32007 and
    `<|endoftext|>` 32000 by default), a stop string (the text is cut before it; needs a tokenizer),
    or `max_new_tokens` (also capped by the context length). A finished row stops counting; once a

@@ -9,7 +9,8 @@ path does only what one token needs and nothing the general forward does to be g
 - rotate-half as one `roll` with a sign-folded sine: x*cos + roll(x)*[-sin, sin] == x*cos +
   rotate_half(x)*sin exactly;
 - no mask building: padding is a (B, 1, 1, slots) additive bias made once per generation and sliced;
-- attention of the single query as two small matmuls (`_attend_one`), not the fused SDPA kernel;
+- attention of the single query as two small matmuls (`_attend_one`), or the fused SDPA kernel once
+  rows x cached keys are many enough to pay for its thread fan-out;
 - weights read straight from plain `nn.Linear`/`nn.Embedding` modules (one matmul each); any
   other module in their place (a LoRA layer, a quantized linear, a module with hooks) is called
   as a module, so swapped-in layers keep working;
