@@ -91,18 +91,12 @@ def worker(cfg: dict) -> dict:
     # keys + values read per decode step, at the middle of the generation, all rows
     out["kv_bytes_per_step"] = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 4 * B * (ids.shape[1] + cfg["tokens"] // 2)
     if cfg.get("bandwidth"):
+        from phi3v_spatial.model.decode import decode_weight_bytes
+
         out["weight_bytes_per_token"] = decode_weight_bytes(model)
         out["matmuls_only_gbs"] = matmuls_only_gbs(model, torch)
         out["memory_bandwidth_gbs"] = memory_bandwidth(torch)
     return out
-
-
-def decode_weight_bytes(model) -> int:
-    """Bytes of weights one decode step reads: every decoder layer, the final norm and lm_head (one
-    row of embed_tokens and nothing of the vision tower)."""
-    lm = model.model
-    mods = [*lm.layers, lm.norm, model.lm_head]
-    return sum(p.numel() * p.element_size() for m in mods for p in m.parameters())
 
 
 def matmuls_only_gbs(model, torch, repeat: int = 5) -> float:

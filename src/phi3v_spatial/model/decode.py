@@ -107,9 +107,14 @@ def use_onednn(model) -> bool:
     cache-resident, where BLAS on column-major weights is as fast or faster."""
     if model.device.type != "cpu" or model.dtype != torch.float32 or not onednn_linear_available():
         return False
+    return decode_weight_bytes(model) >= _ONEDNN_MIN_MODEL
+
+
+def decode_weight_bytes(model) -> int:
+    """Bytes of weights one decode step reads: every decoder layer, the final norm and lm_head (one
+    row of embed_tokens and nothing of the vision tower)."""
     lm = model.model
-    params = [p for m in (*lm.layers, model.lm_head) for p in m.parameters()]
-    return sum(p.numel() * p.element_size() for p in params) >= _ONEDNN_MIN_MODEL
+    return sum(p.numel() * p.element_size() for m in (*lm.layers, lm.norm, model.lm_head) for p in m.parameters())
 
 
 def _plain_linear(m: nn.Module):
