@@ -39,9 +39,13 @@ def assistant_label_mask(ids: Sequence[int], assistant_id: int, end_id: int) -> 
 
 class Collator:
     """Callable: list of samples -> batch dict (input_ids, attention_mask, labels, pixel_values,
-    image_sizes) or None when every sample was skipped. Padding on the right."""
+    image_sizes) or None when every sample was skipped. Padding on the right.
 
-    def __init__(self, processor, max_length: int = 4096, num_crops: int | None = None):
+    `image_labels` (optional): image -> (its image tokens, k) per-token labels or None; the batch
+    then also holds `image_token_labels`, every image's rows in pixel_values order (IGNORE rows for
+    an image without labels), for an auxiliary loss on the image tokens (train/mask_aux.py)."""
+
+    def __init__(self, processor, max_length: int = 4096, num_crops: int | None = None, image_labels=None):
         self.processor = processor
         tok = processor.tokenizer
         self.assistant_id = tok.convert_tokens_to_ids("<|assistant|>")
@@ -51,6 +55,7 @@ class Collator:
             raise DataError("the tokenizer has no <|assistant|>/<|end|> tokens; it is not a Phi-3 chat tokenizer")
         self.max_length = max_length
         self.num_crops = num_crops
+        self.image_labels = image_labels
         self.skipped: Counter = Counter()
 
     def encode(self, sample: dict) -> dict:
@@ -73,8 +78,23 @@ class Collator:
         labels = [t if m else IGNORE for t, m in zip(ids, mask)]
         if not any(m for m in mask):
             raise DataError("no assistant tokens after tokenization")
-        return {"input_ids": ids, "labels": labels, "pixel_values": out.get("pixel_values"),
-                "image_sizes": out.get("image_sizes")}
+        row = {"input_ids": ids, "labels": labels, "pixel_values": out.get("pixel_values"),
+               "image_sizes": out.get("image_sizes")}
+        if self.image_labels is not None and images:
+            row["image_token_labels"] = self._image_token_labels(ids, images)
+        return row
+
+    def _image_token_labels(self, ids: list[int], images: list) -> torch.Tensor:
+        parts = []
+        for k, image in enumerate(images, 1):
+            n = ids.count(-k)
+            lab = self.image_labels(image)
+            if lab is None:
+                lab = torch.full((n, 2), IGNORE, dtype=torch.long)
+            elif lab.shape[0] != n:
+                raise DataError(f"image {k} has {n} tokens but its token labels cover {lab.shape[0]}")
+            parts.append(lab)
+        return torch.cat(parts)
 
     def _reason(self, e: Exception) -> str:
         msg = str(e)
@@ -119,6 +139,8 @@ def pad_batch(rows: list[dict], pad_id: int) -> dict:
         pix = [torch.nn.functional.pad(p, (0, 0, 0, 0, 0, 0, 0, crops - p.shape[1])) for p in pix]
         batch["pixel_values"] = torch.cat(pix)
         batch["image_sizes"] = torch.cat([r["image_sizes"] for r in rows if r["image_sizes"] is not None])
+    if any("image_token_labels" in r for r in rows):
+        batch["image_token_labels"] = torch.cat([r["image_token_labels"] for r in rows if "image_token_labels" in r])
     return batch
 
 

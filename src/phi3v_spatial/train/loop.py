@@ -36,18 +36,35 @@ log = logging.getLogger("phi3v_spatial.train")
 class LossModule(nn.Module):
     """Summed token cross-entropy of a batch. The LM head runs only on target positions (the
     vocabulary is the costliest matmul of a small model), which equals the model's own `.loss`
-    times the number of targets."""
+    times the number of targets.
 
-    def __init__(self, model):
+    With `aux_heads` (train/mask_aux.py) and a batch holding `image_token_labels`, it adds
+    aux_weight x the mean image-token loss x the batch's targets (so after the loop's division by
+    the targets it weighs aux_weight against the mean token loss); `last_aux` keeps its value."""
+
+    def __init__(self, model, aux_heads: nn.Module | None = None, aux_weight: float = 0.0):
         super().__init__()
         self.model = model  # Phi3VForCausalLM (LoRA layers, if any, are inside it)
+        self.aux_heads = aux_heads
+        self.aux_weight = aux_weight
+        self.last_aux: float | None = None
 
-    def forward(self, input_ids, attention_mask, labels, pixel_values=None, image_sizes=None):
-        h, _ = self.model.model(input_ids, attention_mask, None, pixel_values, image_sizes)
+    def forward(self, input_ids, attention_mask, labels, pixel_values=None, image_sizes=None, image_token_labels=None):
+        features = None
+        if self.aux_heads is not None and image_token_labels is not None and pixel_values is not None:
+            features = self.model.model.encode_images(pixel_values, image_sizes)
+            h, _ = self.model.model(input_ids, attention_mask, None, None, None, image_features=features)
+        else:
+            h, _ = self.model.model(input_ids, attention_mask, None, pixel_values, image_sizes)
         targets = labels[:, 1:]
         keep = targets != IGNORE
         logits = self.model.lm_head(h[:, :-1][keep]).float()  # (n_targets, vocab)
-        return F.cross_entropy(logits, targets[keep], reduction="sum")
+        loss = F.cross_entropy(logits, targets[keep], reduction="sum")
+        if features is not None:
+            aux = self.aux_heads(features, image_token_labels)
+            self.last_aux = float(aux.detach())
+            loss = loss + self.aux_weight * aux * keep.sum()
+        return loss
 
 
 def param_groups(model: nn.Module, lr: float, vision_scale: float = 1.0) -> list[dict]:
@@ -174,11 +191,20 @@ def train(cfg: TrainConfig, model=None, processor=None, sources: list[Source] | 
     base = model  # the Phi3VForCausalLM; PEFT swaps its Linears in place
     lora = LoraOptions(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, tuple(cfg.lora_targets), tuple(cfg.lora_modules_to_save))
     trained = prepare(model, cfg.method, lora, cfg.freeze_vision, cfg.freeze_projector)
+    aux_heads = None
+    if cfg.mask_aux_weight:
+        if cfg.method != "full" or cfg.mask_aux_weight < 0:
+            raise ConfigError("mask_aux_weight needs method 'full' and a weight > 0 (it trains the vision tower)")
+        from .mask_aux import MaskAuxHeads
+
+        aux_heads = MaskAuxHeads(base.config.hidden_size)
     base.train()
     if cfg.gradient_checkpointing:
         base.gradient_checkpointing_enable()
     n_train, n_total = trainable_parameters(trained)
     groups = param_groups(trained, cfg.lr, cfg.lr_vision_scale)
+    if aux_heads is not None:  # the heads learn with the image side
+        groups.append({"params": list(aux_heads.parameters()), "lr": cfg.lr * cfg.lr_vision_scale})
     params = [p for g in groups for p in g["params"]]
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio))
@@ -186,6 +212,10 @@ def train(cfg: TrainConfig, model=None, processor=None, sources: list[Source] | 
     def save_weights(folder: Path) -> None:
         if cfg.method == "full":
             acc.unwrap_model(loss_module).model.save_pretrained(folder / "model")
+            if aux_heads is not None:  # training-only; kept beside the model for an exact resume
+                from safetensors.torch import save_file
+
+                save_file({k: v.contiguous() for k, v in aux_heads.state_dict().items()}, str(folder / "mask_aux_heads.safetensors"))
         else:
             trained.save_pretrained(folder / "adapter")
 
@@ -193,14 +223,24 @@ def train(cfg: TrainConfig, model=None, processor=None, sources: list[Source] | 
     ckpt = latest_checkpoint(out) if cfg.resume else None
     if ckpt is not None:
         _load_weights(ckpt, cfg.method, base, trained)
+        if aux_heads is not None and (ckpt / "mask_aux_heads.safetensors").is_file():
+            from safetensors.torch import load_file
+
+            aux_heads.load_state_dict(load_file(str(ckpt / "mask_aux_heads.safetensors")))
         state = load_checkpoint(ckpt, optimizer, scheduler)
         if acc.is_main_process:
             log.info("resumed from %s (step %d)", ckpt, state["step"])
 
-    collator = Collator(processor, cfg.max_length, cfg.num_crops)
+    image_labels = None
+    if aux_heads is not None:
+        from .mask_aux import EngineMaskLabels
+
+        image_labels = EngineMaskLabels(processor.num_crops if cfg.num_crops is None else cfg.num_crops,
+                                        base.config.hd_transform_order)
+    collator = Collator(processor, cfg.max_length, cfg.num_crops, image_labels=image_labels)
     collator.skipped.update(state.get("skipped", {}))
     stream = MixedStream(sources, cfg.probs, cfg.seed, start=state["data_position"])
-    loss_module, optimizer = acc.prepare(LossModule(base), optimizer)
+    loss_module, optimizer = acc.prepare(LossModule(base, aux_heads, cfg.mask_aux_weight), optimizer)
     report = _Reporter(out, cfg.report_to, cfg, acc.is_main_process)
     if acc.is_main_process:
         log.info("method %s: %d trainable of %d parameters; %d process(es)", cfg.method, n_train, n_total, world)
@@ -247,6 +287,8 @@ def train(cfg: TrainConfig, model=None, processor=None, sources: list[Source] | 
         loss_value = float(loss_sum) / n_targets
         metrics = {"loss": loss_value, "lr": scheduler.get_last_lr()[0], "tokens_per_s": n_tokens / dt,
                    "samples_per_s": cfg.batch_size / dt, "grad_norm": float(grad_norm) if grad_norm is not None else None}
+        if aux_heads is not None:  # `loss` includes aux_weight x this
+            metrics["mask_aux"] = acc.unwrap_model(loss_module).last_aux
         state["losses"].append(loss_value)
         if step % cfg.log_every == 0 or step == cfg.max_steps:
             report(step, metrics)
