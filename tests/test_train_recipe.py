@@ -107,3 +107,32 @@ def test_training_reads_the_image(tiny_checkpoint):
             if mine < 0.05 and theirs > 5 * mine:
                 break
     assert mine < 0.05 and theirs > 5 * mine, history
+
+
+def test_recipe_runs_its_stages_in_order_and_skips_finished_ones(ds, tmp_path):
+    """Every stage of the tiny-spatial recipe (capped at 1 step) trains from the previous stage's
+    final weights on its own sources; a second call finds them done and trains nothing."""
+    from phi3v_spatial.assets import tokenizer_source
+    from phi3v_spatial.model import Phi3VForCausalLM
+    from phi3v_spatial.train.recipes import TINY_SPATIAL_STAGES, prepare_tiny_spatial, run_tiny_spatial, tiny_spatial_config
+
+    cfg = tiny_spatial_config(str(tmp_path / "run"), batch_size=2, micro_batch_size=2, progress=False, num_threads=1)
+    cfg = prepare_tiny_spatial(cfg, tokenizer_source(), data=str(ds))
+    steps = []
+    result = run_tiny_spatial(cfg, max_steps=1, on_step=lambda step, m: steps.append(m))
+    assert len(steps) == len(TINY_SPATIAL_STAGES)
+    previous = cfg.model
+    for stage in TINY_SPATIAL_STAGES:
+        run = tmp_path / "run" / stage.name
+        used = json.loads((run / "train_config.json").read_text())
+        assert used["model"] == str(previous) and used["probs"] == list(stage.probs)
+        assert used["mask_aux_weight"] == stage.mask_aux_weight and used["max_steps"] == 1
+        previous = run / "checkpoint-1" / "model"
+    assert ("mask_aux" in steps[1]) and ("mask_aux" not in steps[0])
+    assert result["model_dir"] == str(previous)
+    assert (tmp_path / "run" / "views" / "objects" / "data" / "objects.jsonl").is_file()
+    assert (tmp_path / "run" / "views" / "zoom" / "data" / "zoom.jsonl").is_file()
+    Phi3VForCausalLM.from_pretrained(result["model_dir"])
+    again = []
+    run_tiny_spatial(cfg, max_steps=1, on_step=lambda step, m: again.append(m))
+    assert again == []

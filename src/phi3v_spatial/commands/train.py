@@ -2,7 +2,7 @@
 
     phi3v-spatial train --model DIR --data DIR[:prob] ... --method lora --out runs/x
     phi3v-spatial train --config train.yaml [--max-steps 10 ...]
-    phi3v-spatial train --recipe tiny-spatial --out runs/tiny-spatial
+    phi3v-spatial train --recipe tiny-spatial --out runs/tiny-spatial   (stages; --max-steps caps each)
     accelerate launch -m phi3v_spatial.cli train ...   (DDP / FSDP / DeepSpeed)
 """
 from __future__ import annotations
@@ -101,16 +101,14 @@ def run(args) -> int:
         from ..assets import tokenizer_source
         from ..train.recipes import prepare_tiny_spatial, ship
 
+        from ..train.recipes import run_tiny_spatial
+
         data = values.get("data", [None])[0]
-        from ..train.data import load_engine_folder
-        from ..train.recipes import pack_by_image
-
         cfg = prepare_tiny_spatial(cfg, tokenizer_source(), num_scenes=args.num_scenes, data=data)
-        result = train(cfg, sources=[pack_by_image(load_engine_folder(cfg.data[0]), seed=cfg.seed)])
+        result = run_tiny_spatial(cfg, max_steps=values.get("max_steps"))
+        print(f"final model: {result['model_dir']}")
         if args.ship:
-            from ..train.checkpoint import latest_checkpoint
-
-            print(f"shipped to {ship(latest_checkpoint(cfg.out) / 'model', args.ship)}")
+            print(f"shipped to {ship(result['model_dir'], args.ship)}")
     else:
         if cfg.model is None:
             from ..assets import default_model_path
