@@ -51,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-resume", action="store_true", help="start over even if OUT has checkpoints")
     p.add_argument("--num-threads", type=int, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--num-scenes", type=int, default=600, help="tiny-spatial: training scenes to synthesize")
+    p.add_argument("--num-scenes", type=int, default=700, help="tiny-spatial: training scenes to synthesize")
     p.add_argument("--ship", metavar="DIR", help="tiny-spatial: after training, write the model (bf16) to DIR")
 
 

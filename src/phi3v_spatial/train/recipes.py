@@ -46,15 +46,19 @@ class Stage:
 
 # Why stages: trained from scratch on whole scenes alone, the model learns the answers' language and
 # never starts reading the image (each object is one or two of 313 image tokens; ~3,000 CPU steps
-# stayed image-blind). "see" teaches the vision tower the objects through a dense loss on the image
-# tokens (train/mask_aux.py); "objects" shows it single-object crops, where the answer fills the image
-# and the decoder learns to read the image tokens (own-vs-shuffled image loss 0.26 vs 0.66 after 300
-# steps); "scenes" then mixes object crops, zoomed scenes and whole scenes (train/views.py).
+# stayed image-blind: own vs shuffled image loss equal). "see" teaches the vision tower the objects
+# through a dense loss on the image tokens (train/mask_aux.py); "objects" shows it single-object crops,
+# where the answer fills the image and the decoder learns to read the image tokens (own vs shuffled
+# image loss 0.26 vs 0.66 after 300 steps); "scenes" mixes object crops, zoomed scenes and whole
+# scenes (train/views.py); "polish" settles the quantities on whole scenes at a low learning rate.
+# These are the stages (and settings) the shipped embedded model went through, ~3,600 steps of
+# batch 8 on one CPU core (~2.5 h); see the README for what it reaches.
 TINY_SPATIAL_STAGES = (
-    Stage("language", 3000, ("scenes",), (1.0,), warmup_steps=50),
+    Stage("language", 700, ("scenes",), (1.0,), warmup_steps=50),
     Stage("see", 700, ("image_tasks", "scenes"), (0.6, 0.4), lr_vision_scale=3.0, mask_aux_weight=0.5),
     Stage("objects", 300, ("objects",), (1.0,), warmup_steps=20),
     Stage("scenes", 1500, ("objects", "zoom", "scenes"), (0.2, 0.35, 0.45), lr_vision_scale=3.0, mask_aux_weight=0.5),
+    Stage("polish", 400, ("scenes", "zoom", "objects"), (0.7, 0.2, 0.1), lr=3e-4, warmup_steps=10),
 )
 IMAGE_TASKS = ("listing", "grounding_box", "grounding_point", "existence", "counting")
 
@@ -152,7 +156,7 @@ def run_tiny_spatial(cfg: TrainConfig, stages=TINY_SPATIAL_STAGES, max_steps: in
     return result
 
 
-def prepare_tiny_spatial(cfg: TrainConfig, tokenizer_from: str | Path, num_scenes: int = 600, workers: int = 1,
+def prepare_tiny_spatial(cfg: TrainConfig, tokenizer_from: str | Path, num_scenes: int = 700, workers: int = 1,
                          data: str | None = None) -> TrainConfig:
     """Make the init checkpoint and the training scenes (seeds 0..num_scenes-1, far below the
     held-out range) unless they exist; returns cfg pointing at them."""
