@@ -57,3 +57,25 @@ def test_two_process_ddp_equals_one_process(tiny_checkpoint, tmp_path):
     assert a["params"].keys() == b["params"].keys()
     assert list(a["params"].values()) == pytest.approx(list(b["params"].values()), rel=1e-5, abs=1e-6)
     assert a["losses"][-1] != a["losses"][0]  # it did train
+
+
+def test_full_checkpoints_are_complete_even_when_the_start_folder_is_gone(tiny_checkpoint, tmp_path):
+    """A full fine-tuning checkpoint's model folder carries the tokenizer / preprocessor files of the
+    checkpoint it started from, read at the start: deleting that folder mid-run loses nothing."""
+    import shutil
+
+    from train_helpers import toy_samples
+
+    from phi3v_spatial.train.config import TrainConfig
+    from phi3v_spatial.train.data import Source
+    from phi3v_spatial.train.loop import train
+    from phi3v_spatial.weights import AUX_FILES
+
+    start = tmp_path / "start"
+    shutil.copytree(tiny_checkpoint, start)
+    present = [f for f in AUX_FILES if (start / f).is_file()]
+    cfg = TrainConfig(model=str(start), out=str(tmp_path / "run"), method="full", max_steps=1, batch_size=2,
+                      micro_batch_size=2, num_crops=1, progress=False, num_threads=1)
+    train(cfg, sources=[Source("toy", samples=toy_samples(4))], on_step=lambda step, m: shutil.rmtree(start))
+    model = tmp_path / "run" / "checkpoint-1" / "model"
+    assert present and all((model / f).read_bytes() == (Path(tiny_checkpoint) / f).read_bytes() for f in present)

@@ -208,9 +208,20 @@ def train(cfg: TrainConfig, model=None, processor=None, sources: list[Source] | 
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio))
 
+    # tokenizer / preprocessor files of the starting checkpoint, read now: every saved model folder is
+    # complete even if that folder is gone by then
+    from ..weights import AUX_FILES
+
+    src = getattr(base, "name_or_path", None)
+    aux_files = {f: (Path(src) / f).read_bytes() for f in AUX_FILES
+                 if src and (Path(src) / f).is_file()} if cfg.method == "full" else {}
+
     def save_weights(folder: Path) -> None:
         if cfg.method == "full":
             acc.unwrap_model(loss_module).model.save_pretrained(folder / "model")
+            for name, data in aux_files.items():
+                if not (folder / "model" / name).is_file():
+                    (folder / "model" / name).write_bytes(data)
             if aux_heads is not None:  # training-only; kept beside the model for an exact resume
                 from safetensors.torch import save_file
 
