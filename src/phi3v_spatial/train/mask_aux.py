@@ -123,7 +123,7 @@ class MaskAuxHeads(nn.Module):
         if x.shape[0] != labels.shape[0]:
             raise ValueError(f"{x.shape[0]} image tokens but {labels.shape[0]} labels")
         keep = labels[:, 0] != IGNORE
-        if not bool(keep.any()):
-            return x.sum() * 0.0
+        if not bool(keep.any()):  # zero, but through the heads, so DDP sees them used
+            return (self.colour(x[:1]).sum() + self.kind(x[:1]).sum()) * 0.0
         x, labels = x[keep], labels[keep]
         return F.cross_entropy(self.colour(x).float(), labels[:, 0]) + F.cross_entropy(self.kind(x).float(), labels[:, 1])
