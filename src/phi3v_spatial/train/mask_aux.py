@@ -16,7 +16,6 @@ with `<root>/scenes/<id>.json` and its mask) have labels; any other image is lef
 """
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 from pathlib import Path
 
@@ -92,18 +91,18 @@ class EngineMaskLabels:
 
     def _labels(self, image: str) -> torch.Tensor | None:
         from ..spatial.dataset import read_mask
+        from ..spatial.scene import load_scene
 
         p = Path(image)
         scene_path = p.parent.parent / "scenes" / f"{p.stem}.json"
         if p.parent.name != "images" or not scene_path.is_file():
             return None
-        scene = json.loads(scene_path.read_text())
-        mask_rel = (scene.get("files") or {}).get("mask")
+        scene = load_scene(scene_path)
+        mask_rel = scene.files.get("mask")
         if not mask_rel or not (p.parent.parent / mask_rel).is_file():
             return None
-        table = {o["mask_id"]: (self.colours.index(o["colour"]) + 1, self.kinds.index(o["shape"]) + 1)
-                 for o in scene.get("objects", []) if o.get("role") == "object"
-                 and o.get("colour") in self.colours and o.get("shape") in self.kinds}
+        table = {o.mask_id: (self.colours.index(o.colour) + 1, self.kinds.index(o.shape) + 1)
+                 for o in scene.objects if o.role == "object" and o.colour in self.colours and o.shape in self.kinds}
         return token_labels(read_mask(p.parent.parent / mask_rel), table, self.num_crops, self.order)
 
 

@@ -135,12 +135,14 @@ def run_tiny_spatial(cfg: TrainConfig, stages=TINY_SPATIAL_STAGES, max_steps: in
 
     model = cfg.model
     data = cfg.data[0]
-    named = tiny_spatial_sources(data, Path(cfg.out) / "views", cfg.seed)
+    views = Path(cfg.out) / "views"
+    named = tiny_spatial_sources(data, views, cfg.seed)
+    folders = {"scenes": str(data), "image_tasks": str(data), "objects": str(views / "objects"), "zoom": str(views / "zoom")}
     result = None
     for stage in stages:
         steps = min(stage.steps, max_steps) if max_steps else stage.steps
         out = Path(cfg.out) / stage.name
-        sub = cfg.replace(model=str(model), out=str(out), data=[f"{name}:{data}" for name in stage.sources],
+        sub = cfg.replace(model=str(model), out=str(out), data=[folders[name] for name in stage.sources],
                           probs=list(stage.probs), lr=stage.lr, lr_vision_scale=stage.lr_vision_scale,
                           mask_aux_weight=stage.mask_aux_weight, warmup_steps=min(stage.warmup_steps, steps),
                           max_steps=steps, method="full")

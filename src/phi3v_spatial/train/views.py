@@ -95,12 +95,9 @@ def _scenes(engine_dir: Path):
 
 
 def _open_image(path: Path):
-    from PIL import Image
+    from ..processing.image import load_image, to_rgb
 
-    try:
-        return Image.open(path).convert("RGB")
-    except OSError as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from exc
+    return to_rgb(load_image(path))
 
 
 def _start(out_dir: str | Path, view: str, engine_dir: Path) -> Path:
