@@ -277,3 +277,39 @@ def test_fused_sdpa_decode_attention_equals_uncached_forward(model, reference_di
     for t in (0, 6, 11):
         expected = uncached_logits(model, ids, mask, images, [row[:t] for row in fused.tokens])
         assert (fused.step_logits[t] - expected).abs().max() <= 1e-4
+
+
+def test_batched_cpu_decode_packed_weights(monkeypatch):
+    """Batched float32 CPU decoding multiplies oneDNN-packed copies of the large weights: same
+    tokens and logits (1e-4) as the plain weights, packed once and reused by the next generation,
+    rebuilt when a weight changes, freed by `release_packed_weights`, off with the env switch."""
+    from phi3v_spatial.model import decode
+    from phi3v_spatial.random_init import random_config, random_model
+
+    config = random_config(hidden_size=512, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=8,
+                           num_key_value_heads=2)
+    ids = torch.randint(3, 30000, (3, 24), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[2, :5] = 0
+    model = random_model(config, seed=0)
+    qkv = model.model.layers[0].self_attn.qkv_proj.weight
+    monkeypatch.setenv("PHI3V_CPU_PACKED_WEIGHTS", "0")
+    plain = generate(model, ids, mask, params=GREEDY12, return_step_logits=True)
+    assert id(qkv) not in decode._PACKED
+    monkeypatch.setenv("PHI3V_CPU_PACKED_WEIGHTS", "1")
+    packed = generate(model, ids, mask, params=GREEDY12, return_step_logits=True)
+    assert id(qkv) in decode._PACKED
+    first = decode._PACKED[id(qkv)][1]
+    assert packed.tokens == plain.tokens
+    assert max((x - y).abs().max() for x, y in zip(packed.step_logits, plain.step_logits)) <= 1e-4
+    monkeypatch.delenv("PHI3V_CPU_PACKED_WEIGHTS")
+    assert decode.packing_allowed(model)  # everything is packed already
+    again = generate(model, ids, mask, params=GREEDY12)
+    assert again.tokens == packed.tokens and decode._PACKED[id(qkv)][1] is first  # reused, not repacked
+    with torch.no_grad():
+        qkv.mul_(0.5)  # a changed weight is packed again
+    changed = generate(model, ids, mask, params=GREEDY12, return_step_logits=True)
+    assert decode._PACKED[id(qkv)][1] is not first
+    monkeypatch.setenv("PHI3V_CPU_PACKED_WEIGHTS", "0")
+    assert generate(model, ids, mask, params=GREEDY12).tokens == changed.tokens
+    assert decode.release_packed_weights(model) > 0 and id(qkv) not in decode._PACKED

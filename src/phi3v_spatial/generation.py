@@ -7,7 +7,8 @@ One call (`Generation`, or `generate()` which runs it to the end):
    `image_features`); the prompts run through the model in one forward that fills a preallocated
    KV cache of `prompt + max_new_tokens` slots and returns only the last position's logits.
 2. Decode. One token per row per step through `model.decode.DecodeStep` (no checks, no mask
-   building, RoPE from tables; float32 matmuls of large weights through oneDNN on CPU). The first
+   building, RoPE from tables; float32 matmuls of large weights through oneDNN on CPU, packed for
+   several rows when memory allows: see that module). The first
    generation on CPU stores the float32 Linear weights that BLAS multiplies (all of them on a build
    without oneDNN, else the small ones) column-major in place (`model.decode.prepare_cpu_decode`):
    same values, faster BLAS. Each row's position is its own count of real tokens, so a padded
@@ -283,7 +284,7 @@ class Generation:
             logits = out.logits[:, -1]
             del out
 
-            step = DecodeStep(model, L + T)
+            step = DecodeStep(model, L + T, rows=B)
             bias = None
             if padded:
                 slots = torch.ones(B, L + T, dtype=torch.bool, device=device)
