@@ -128,3 +128,20 @@ def test_training_with_the_aux_loss_lowers_it_and_resumes_its_heads(ds, tiny_che
     assert again == pytest.approx(seen[4:], rel=1e-5)
     with pytest.raises(ConfigError, match="mask_aux_weight needs method 'full'"):
         train(cfg.replace(method="lora", out=str(tmp_path / "lora")))
+
+
+def test_mask_and_position_losses_together(ds, tiny_checkpoint, tmp_path):
+    """Both heads at once: the labels side by side (mask columns, then position columns), each
+    loss reported and weighed on its own, each head saved to its own file."""
+    from phi3v_spatial.train.config import TrainConfig
+    from phi3v_spatial.train.loop import train
+
+    cfg = TrainConfig(model=str(tiny_checkpoint), out=str(tmp_path / "run"), data=[str(ds)], method="full",
+                      mask_aux_weight=0.5, position_aux_weight=0.2, lr=3e-3, max_steps=2, batch_size=2,
+                      micro_batch_size=2, num_crops=1, save_every=2, progress=False, num_threads=1, seed=0)
+    seen = []
+    train(cfg, on_step=lambda step, m: seen.append(m))
+    assert all(m["mask_aux"] > 0 and m["position_aux"] > 0 for m in seen)
+    assert seen[0]["position_aux"] == pytest.approx(2 * np.log(12), rel=0.1)  # untrained heads: ~chance over 12 bins
+    for name in ("mask", "position"):
+        assert (tmp_path / "run" / "checkpoint-2" / f"{name}_aux_heads.safetensors").is_file()

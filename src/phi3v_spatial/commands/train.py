@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 # flag -> TrainConfig field, for the flags that map one to one
-_FIELDS = ("out", "method", "lora_r", "lora_alpha", "lora_dropout", "lr", "lr_vision_scale", "mask_aux_weight", "weight_decay", "warmup_steps", "max_steps",
+_FIELDS = ("out", "method", "lora_r", "lora_alpha", "lora_dropout", "lr", "lr_vision_scale", "mask_aux_weight", "position_aux_weight", "weight_decay", "warmup_steps", "max_steps",
            "batch_size", "micro_batch_size", "max_grad_norm", "precision", "seed", "max_length", "num_crops",
            "save_every", "log_every", "report_to", "num_threads")
 
@@ -34,6 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr-vision-scale", type=float, help="the image side (CLIP, separators, projector) at lr x this")
     p.add_argument("--mask-aux-weight", type=float,
                    help="full method: add this x a per-image-token colour/kind loss read from data-engine masks")
+    p.add_argument("--position-aux-weight", type=float,
+                   help="full method: add this x a per-image-token column/row loss that keeps where each token is")
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--warmup-steps", type=int)
     p.add_argument("--max-steps", type=int)

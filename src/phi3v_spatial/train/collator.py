@@ -90,7 +90,7 @@ class Collator:
             n = ids.count(-k)
             lab = self.image_labels(image)
             if lab is None:
-                lab = torch.full((n, 2), IGNORE, dtype=torch.long)
+                lab = torch.full((n, getattr(self.image_labels, "columns", 2)), IGNORE, dtype=torch.long)
             elif lab.shape[0] != n:
                 raise DataError(f"image {k} has {n} tokens but its token labels cover {lab.shape[0]}")
             parts.append(lab)
@@ -167,3 +167,19 @@ def split_batch(batch: dict, parts: int) -> list[dict]:
 def _images_per_row(input_ids: torch.Tensor) -> torch.Tensor:
     """Number of images each row references (its largest tag)."""
     return (-input_ids).clamp(min=0).max(dim=-1).values
+
+
+class StackedLabels:
+    """Several `image -> (its image tokens, 2) labels or None` labellers as one, their columns side
+    by side in order: (tokens, 2 x k). A labeller's None becomes IGNORE columns; None when all are."""
+
+    def __init__(self, labellers):
+        self.labellers = list(labellers)
+        self.columns = 2 * len(self.labellers)
+
+    def __call__(self, image) -> torch.Tensor | None:
+        labs = [f(image) for f in self.labellers]
+        n = next((lab.shape[0] for lab in labs if lab is not None), None)
+        if n is None:
+            return None
+        return torch.cat([lab if lab is not None else torch.full((n, 2), IGNORE, dtype=torch.long) for lab in labs], dim=1)

@@ -30,6 +30,7 @@ class TrainConfig:
     lr_vision_scale: float = 1.0  # the image side (CLIP tower, separators, projector) trains at lr x this
     weight_decay: float = 0.0
     mask_aux_weight: float = 0.0  # > 0: + this x the image tokens' colour/kind loss from engine masks (train/mask_aux.py)
+    position_aux_weight: float = 0.0  # > 0: + this x the image tokens' column/row-bin loss (train/position_aux.py)
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio

@@ -37,16 +37,19 @@ class LossModule(nn.Module):
     vocabulary is the costliest matmul of a small model), which equals the model's own `.loss`
     times the number of targets.
 
-    With `aux_heads` (train/mask_aux.py) and a batch holding `image_token_labels`, it adds
-    aux_weight x the mean image-token loss x the batch's targets (so after the loop's division by
-    the targets it weighs aux_weight against the mean token loss); `last_aux` keeps its value."""
+    With `aux_heads` (name -> heads: train/mask_aux.py, train/position_aux.py; a single module is
+    named "mask") and a batch holding `image_token_labels` (two columns per head, in order), it adds
+    per head its weight x its mean image-token loss x the batch's targets (so after the loop's
+    division by the targets it weighs against the mean token loss); `last_aux` keeps the values."""
 
-    def __init__(self, model, aux_heads: nn.Module | None = None, aux_weight: float = 0.0):
+    def __init__(self, model, aux_heads: nn.Module | None = None, aux_weight: float | dict[str, float] = 0.0):
         super().__init__()
         self.model = model  # Phi3VForCausalLM (LoRA layers, if any, are inside it)
+        if aux_heads is not None and not isinstance(aux_heads, nn.ModuleDict):
+            aux_heads, aux_weight = nn.ModuleDict({"mask": aux_heads}), {"mask": float(aux_weight)}
         self.aux_heads = aux_heads
-        self.aux_weight = aux_weight
-        self.last_aux: float | None = None
+        self.aux_weight = dict(aux_weight) if isinstance(aux_weight, dict) else {}
+        self.last_aux: dict[str, float] = {}
 
     def forward(self, input_ids, attention_mask, labels, pixel_values=None, image_sizes=None, image_token_labels=None):
         features = None
@@ -60,10 +63,27 @@ class LossModule(nn.Module):
         logits = self.model.lm_head(h[:, :-1][keep]).float()  # (n_targets, vocab)
         loss = F.cross_entropy(logits, targets[keep], reduction="sum")
         if features is not None:
-            aux = self.aux_heads(features, image_token_labels)
-            self.last_aux = float(aux.detach())
-            loss = loss + self.aux_weight * aux * keep.sum()
+            for i, (name, heads) in enumerate(self.aux_heads.items()):
+                aux = heads(features, image_token_labels[:, 2 * i : 2 * i + 2])
+                self.last_aux[name] = float(aux.detach())
+                loss = loss + self.aux_weight[name] * aux * keep.sum()
         return loss
+
+
+def _aux_heads(cfg, hidden: int) -> tuple[nn.ModuleDict | None, dict[str, float]]:
+    """The training-only heads the config asks for, by name, and their weights."""
+    wanted = {"mask": cfg.mask_aux_weight, "position": cfg.position_aux_weight}
+    wanted = {name: w for name, w in wanted.items() if w}
+    if not wanted:
+        return None, {}
+    if cfg.method != "full" or min(wanted.values()) < 0:
+        raise ConfigError(f"{' and '.join(f'{n}_aux_weight' for n in wanted)} needs method 'full' and a weight > 0 "
+                          "(it trains the vision tower)")
+    from .mask_aux import MaskAuxHeads
+    from .position_aux import PositionAuxHeads
+
+    make = {"mask": MaskAuxHeads, "position": PositionAuxHeads}
+    return nn.ModuleDict({name: make[name](hidden) for name in wanted}), wanted
 
 
 def param_groups(model: nn.Module, lr: float, vision_scale: float = 1.0) -> list[dict]:
@@ -190,13 +210,7 @@ def train(cfg: TrainConfig, model=None, processor=None, sources: list[Source] | 
     base = model  # the Phi3VForCausalLM; PEFT swaps its Linears in place
     lora = LoraOptions(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, tuple(cfg.lora_targets), tuple(cfg.lora_modules_to_save))
     trained = prepare(model, cfg.method, lora, cfg.freeze_vision, cfg.freeze_projector)
-    aux_heads = None
-    if cfg.mask_aux_weight:
-        if cfg.method != "full" or cfg.mask_aux_weight < 0:
-            raise ConfigError("mask_aux_weight needs method 'full' and a weight > 0 (it trains the vision tower)")
-        from .mask_aux import MaskAuxHeads
-
-        aux_heads = MaskAuxHeads(base.config.hidden_size)
+    aux_heads, aux_weights = _aux_heads(cfg, base.config.hidden_size)
     base.train()
     if cfg.gradient_checkpointing:
         base.gradient_checkpointing_enable()
@@ -225,7 +239,8 @@ def train(cfg: TrainConfig, model=None, processor=None, sources: list[Source] | 
             if aux_heads is not None:  # training-only; kept beside the model for an exact resume
                 from safetensors.torch import save_file
 
-                save_file({k: v.contiguous() for k, v in aux_heads.state_dict().items()}, str(folder / "mask_aux_heads.safetensors"))
+                for name, heads in aux_heads.items():
+                    save_file({k: v.contiguous() for k, v in heads.state_dict().items()}, str(folder / f"{name}_aux_heads.safetensors"))
         else:
             trained.save_pretrained(folder / "adapter")
 
@@ -233,24 +248,28 @@ def train(cfg: TrainConfig, model=None, processor=None, sources: list[Source] | 
     ckpt = latest_checkpoint(out) if cfg.resume else None
     if ckpt is not None:
         _load_weights(ckpt, cfg.method, base, trained)
-        if aux_heads is not None and (ckpt / "mask_aux_heads.safetensors").is_file():
-            from safetensors.torch import load_file
+        for name, heads in (aux_heads or {}).items():
+            if (ckpt / f"{name}_aux_heads.safetensors").is_file():
+                from safetensors.torch import load_file
 
-            aux_heads.load_state_dict(load_file(str(ckpt / "mask_aux_heads.safetensors")))
+                heads.load_state_dict(load_file(str(ckpt / f"{name}_aux_heads.safetensors")))
         state = load_checkpoint(ckpt, optimizer, scheduler)
         if acc.is_main_process:
             log.info("resumed from %s (step %d)", ckpt, state["step"])
 
     image_labels = None
     if aux_heads is not None:
+        from .collator import StackedLabels
         from .mask_aux import EngineMaskLabels
+        from .position_aux import PositionLabels
 
-        image_labels = EngineMaskLabels(processor.num_crops if cfg.num_crops is None else cfg.num_crops,
-                                        base.config.hd_transform_order)
+        crops, order = processor.num_crops if cfg.num_crops is None else cfg.num_crops, base.config.hd_transform_order
+        labellers = {"mask": EngineMaskLabels, "position": PositionLabels}
+        image_labels = StackedLabels([labellers[name](crops, order) for name in aux_heads])
     collator = Collator(processor, cfg.max_length, cfg.num_crops, image_labels=image_labels)
     collator.skipped.update(state.get("skipped", {}))
     stream = MixedStream(sources, cfg.probs, cfg.seed, start=state["data_position"])
-    loss_module, optimizer = acc.prepare(LossModule(base, aux_heads, cfg.mask_aux_weight), optimizer)
+    loss_module, optimizer = acc.prepare(LossModule(base, aux_heads, aux_weights), optimizer)
     report = _Reporter(out, cfg.report_to, cfg, acc.is_main_process)
     if acc.is_main_process:
         log.info("method %s: %d trainable of %d parameters; %d process(es)", cfg.method, n_train, n_total, world)
@@ -297,8 +316,8 @@ def train(cfg: TrainConfig, model=None, processor=None, sources: list[Source] | 
         loss_value = float(loss_sum) / n_targets
         metrics = {"loss": loss_value, "lr": scheduler.get_last_lr()[0], "tokens_per_s": n_tokens / dt,
                    "samples_per_s": cfg.batch_size / dt, "grad_norm": float(grad_norm) if grad_norm is not None else None}
-        if aux_heads is not None:  # `loss` includes aux_weight x this
-            metrics["mask_aux"] = acc.unwrap_model(loss_module).last_aux
+        for name, value in acc.unwrap_model(loss_module).last_aux.items():  # `loss` includes weight x this
+            metrics[f"{name}_aux"] = value
         state["losses"].append(loss_value)
         if step % cfg.log_every == 0 or step == cfg.max_steps:
             report(step, metrics)
