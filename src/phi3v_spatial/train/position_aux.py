@@ -7,7 +7,7 @@ Any image has these labels (no masks needed).
 
 Why: a vision tower trained from scratch on questions and colour/kind masks loses where a token is.
 On the embedded model, a ridge probe recovers a token's column from its projected feature with R^2
-0.11; 800 steps with this loss (weight 0.2) bring the heads' loss to ~0.01, and only then does the
+0.11; 800 steps with this loss (weight 0.2) bring the heads' loss from 4.3 to 0.01-0.07, and only then does the
 decoder's answer to "is the object on the left or the right side of the image?" start to follow the
 object (its left/right logit gap correlates 0.64 with the truth, from -0.11). Left/right, above/below
 and every relation built on them need the place of the objects, which the decoder can only read

@@ -41,6 +41,7 @@ class Stage:
     lr: float = 1e-3
     lr_vision_scale: float = 1.0
     mask_aux_weight: float = 0.0
+    position_aux_weight: float = 0.0
     warmup_steps: int = 30
 
 
@@ -144,7 +145,7 @@ def run_tiny_spatial(cfg: TrainConfig, stages=TINY_SPATIAL_STAGES, max_steps: in
         out = Path(cfg.out) / stage.name
         sub = cfg.replace(model=str(model), out=str(out), data=[folders[name] for name in stage.sources],
                           probs=list(stage.probs), lr=stage.lr, lr_vision_scale=stage.lr_vision_scale,
-                          mask_aux_weight=stage.mask_aux_weight, warmup_steps=min(stage.warmup_steps, steps),
+                          mask_aux_weight=stage.mask_aux_weight, position_aux_weight=stage.position_aux_weight, warmup_steps=min(stage.warmup_steps, steps),
                           max_steps=steps, method="full")
         done = latest_checkpoint(out)
         if done is not None and done.name == f"checkpoint-{steps}":
