@@ -118,11 +118,17 @@ class MaskAuxHeads(nn.Module):
     def forward(self, features: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
         """features: per image (tokens, hidden); labels: (sum of tokens, 2) with IGNORE rows for
         separators and unlabelled images."""
-        x = torch.cat(features)
-        if x.shape[0] != labels.shape[0]:
-            raise ValueError(f"{x.shape[0]} image tokens but {labels.shape[0]} labels")
-        keep = labels[:, 0] != IGNORE
-        if not bool(keep.any()):  # zero, but through the heads, so DDP sees them used
-            return (self.colour(x[:1]).sum() + self.kind(x[:1]).sum()) * 0.0
-        x, labels = x[keep], labels[keep]
-        return F.cross_entropy(self.colour(x).float(), labels[:, 0]) + F.cross_entropy(self.kind(x).float(), labels[:, 1])
+        return paired_heads_loss(self.colour, self.kind, features, labels)
+
+
+def paired_heads_loss(first: nn.Module, second: nn.Module, features: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of two per-token classifiers (labels[:, 0] for `first`, [:, 1] for `second`),
+    each a mean over the labelled tokens (IGNORE rows left out), summed."""
+    x = torch.cat(features)
+    if x.shape[0] != labels.shape[0]:
+        raise ValueError(f"{x.shape[0]} image tokens but {labels.shape[0]} labels")
+    keep = labels[:, 0] != IGNORE
+    if not bool(keep.any()):  # zero, but through the heads, so DDP sees them used
+        return (first(x[:1]).sum() + second(x[:1]).sum()) * 0.0
+    x, labels = x[keep], labels[keep]
+    return F.cross_entropy(first(x).float(), labels[:, 0]) + F.cross_entropy(second(x).float(), labels[:, 1])

@@ -27,10 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..processing.hd import CROP_SIZE, MERGED_PER_SIDE, hd_padded_size
-from .mask_aux import IGNORE
+from .mask_aux import IGNORE, paired_heads_loss
 
 BINS = 12
 
@@ -94,11 +93,4 @@ class PositionAuxHeads(nn.Module):
         self.row = nn.Linear(hidden, bins)
 
     def forward(self, features: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
-        x = torch.cat(features)
-        if x.shape[0] != labels.shape[0]:
-            raise ValueError(f"{x.shape[0]} image tokens but {labels.shape[0]} labels")
-        keep = labels[:, 0] != IGNORE
-        if not bool(keep.any()):  # zero, but through the heads, so DDP sees them used
-            return (self.column(x[:1]).sum() + self.row(x[:1]).sum()) * 0.0
-        x, labels = x[keep], labels[keep]
-        return F.cross_entropy(self.column(x).float(), labels[:, 0]) + F.cross_entropy(self.row(x).float(), labels[:, 1])
+        return paired_heads_loss(self.column, self.row, features, labels)
