@@ -181,7 +181,8 @@ def packing_allowed(model) -> bool:
     lm = model.model
     linears = [m for layer in lm.layers for m in (layer.self_attn.qkv_proj, layer.self_attn.o_proj,
                                                   layer.mlp.gate_up_proj, layer.mlp.down_proj)]
-    big = [m.weight for m in (*linears, model.lm_head) if m.weight.numel() >= _ONEDNN_MIN_WEIGHT]
+    weights = [_plain_linear(m) for m in (*linears, model.lm_head)]  # what _bind_linear would pack
+    big = [w for w in weights if isinstance(w, torch.Tensor) and w.dtype == torch.float32 and w.numel() >= _ONEDNN_MIN_WEIGHT]
     missing = sum(w.numel() * w.element_size() for w in big if id(w) not in _PACKED)
     if missing == 0:
         return True
@@ -208,7 +209,7 @@ def _bind_linear(w, fast: bool, pack: bool = False):
         def linear(x: torch.Tensor) -> torch.Tensor:
             rows = x.numel() // x.shape[-1]
             if rows == 1:
-                return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+                return onednn_linear(x, w)
             flat = x.reshape(rows, x.shape[-1])
             return torch.ops.mkldnn._linear_pointwise(flat, packed_weight(w), None, "none", [], "").view(*x.shape[:-1], w.shape[0])
 
