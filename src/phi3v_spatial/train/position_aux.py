@@ -9,7 +9,8 @@ Why: a vision tower trained from scratch on questions and colour/kind masks lose
 On the embedded model, a ridge probe recovers a token's column from its projected feature with R^2
 0.11; 800 steps with this loss (weight 0.2) bring the heads' loss from 4.3 to 0.01-0.07, and only then does the
 decoder's answer to "is the object on the left or the right side of the image?" start to follow the
-object (its left/right logit gap correlates 0.64 with the truth, from -0.11). Left/right, above/below
+object (its left/right logit gap correlates 0.64 with the truth, from -0.11); after a plateau it is
+answered (99.3% held out after 1,600 steps, the loss dropping from chance at ~1,300-1,450). Left/right, above/below
 and every relation built on them need the place of the objects, which the decoder can only read
 from the features: CLIP's position embedding enters the tower once, at its input.
 
