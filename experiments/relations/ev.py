@@ -1,0 +1,20 @@
+import json, sys, torch
+from pathlib import Path
+import phi3v_spatial
+torch.set_num_threads(2)
+model = sys.argv[1]; table = Path(sys.argv[2])
+vlm = phi3v_spatial.load(model, device="cpu", dtype="float32")
+rows = [json.loads(l) for l in open(table)]
+convs = [[{"role": "user", "content": "<|image_1|>\n" + r["question"]}] for r in rows]
+imgs = [[str(table.parent / r["image"])] for r in rows]
+res = vlm.chat_batch(convs, images=imgs, max_new_tokens=16, batch_size=32)
+acc = {}
+for r, o in zip(rows, res):
+    t = o.text.strip().lower()
+    if r["kind"] == "yesno":
+        ok = t.startswith("yes") == bool(r["truth"]) and (t.startswith("yes") or t.startswith("no"))
+        key = "yesno_" + ("lr" if ("left" in r["question"] or "right" in r["question"]) else "ab" if ("above" in r["question"] or "below" in r["question"]) else "size")
+    else:
+        ok = r["truth"] in t; key = "choice"
+    acc.setdefault(key, []).append(ok)
+print({k: f"{100*sum(v)/len(v):.1f} ({len(v)})" for k, v in acc.items()}, "yes-ratio", sum(o.text.strip().lower().startswith("yes") for o in res)/len(res))
