@@ -1,4 +1,4 @@
-import json, sys, torch
+import json, re, sys, torch
 from pathlib import Path
 import phi3v_spatial
 torch.set_num_threads(2)
@@ -14,6 +14,12 @@ for r, o in zip(rows, res):
     if r["kind"] == "yesno":
         ok = t.startswith("yes") == bool(r["truth"]) and (t.startswith("yes") or t.startswith("no"))
         key = "yesno_" + ("lr" if ("left" in r["question"] or "right" in r["question"]) else "ab" if ("above" in r["question"] or "below" in r["question"]) else "size")
+    elif r["kind"] == "point":
+        m = re.search(r"column (\d), row (\d)", t)
+        col, row = (int(m.group(1)), int(m.group(2))) if m else (-9, -9)
+        acc.setdefault("point_col_within1", []).append(abs(col - r["truth"][0]) <= 1)
+        acc.setdefault("point_row_within1", []).append(abs(row - r["truth"][1]) <= 1)
+        ok = (col, row) == tuple(r["truth"]); key = "point_exact"
     else:
         ok = r["truth"] in t; key = "choice"
     acc.setdefault(key, []).append(ok)

@@ -4,6 +4,7 @@
 
 KIND: "one"       one shape per image: "Is the object on the left or the right side of the image?"
       "side"      2-4 shapes: "Is the {name} on the left or the right side of the image?"
+      "point"     2-4 shapes: "Where is the {name}? ..." -> "Column C, row R." (0-9 bins of the image)
       "relations" 2-4 shapes: left/right, above/below, bigger/smaller yes/no (the data engine's
                   templates) and "which is more to the left / higher up / bigger" pair choices.
 Shapes are named like the engine's objects ("{colour} {cube|ball|box|cylinder}") and never overlap.
@@ -59,6 +60,16 @@ def side_questions(objs, fn, named):
     return rows
 
 
+def point_questions(objs, fn):
+    """Dense grounding: each digit is a 10-way answer that attending to the named shape improves."""
+    rows = []
+    for o in objs:
+        col, row = min(9, int(o["cx"] / W * 10)), min(9, int(o["cy"] / H * 10))
+        rows.append({"image": fn, "question": f"Where is the {o['name']}? Answer with its column and row, 0 to 9.",
+                     "answer": f"Column {col}, row {row}.", "kind": "point", "truth": [col, row]})
+    return rows
+
+
 def relation_questions(rng, objs, fn):
     cands = []
     for a in objs:
@@ -93,8 +104,8 @@ def relation_questions(rng, objs, fn):
 
 
 def main(kind, out, n, seed):
-    if kind not in ("one", "side", "relations"):
-        raise SystemExit(f"unknown kind {kind!r}: one, side or relations")
+    if kind not in ("one", "side", "point", "relations"):
+        raise SystemExit(f"unknown kind {kind!r}: one, side, point or relations")
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     rows = []
@@ -102,7 +113,12 @@ def main(kind, out, n, seed):
         img, objs = draw(rng, single=kind == "one")
         fn = f"img{seed}_{i}.png"
         img.save(out / fn)
-        rows += relation_questions(rng, objs, fn) if kind == "relations" else side_questions(objs, fn, named=kind == "side")
+        if kind == "relations":
+            rows += relation_questions(rng, objs, fn)
+        elif kind == "point":
+            rows += point_questions(objs, fn)
+        else:
+            rows += side_questions(objs, fn, named=kind == "side")
     with open(out / "data.jsonl", "w") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in rows)
     print(len(rows), "rows")
