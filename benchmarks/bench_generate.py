@@ -19,6 +19,9 @@ Both sides: warm-up excluded, medians over the runs of all rounds, rounds altern
     a KV cache per token 2.7x larger relative to its weights (~11% per row), so at batch 8 its
     cache reads rival its weight reads. The batch-8 run has a warm-up generation, in which the
     weights are packed for multi-row matmuls once (its time and the packed bytes are printed).
+    The bandwidth target is judged on interleaved pairs (a decode run, then a read probe, five
+    times): this VM's read bandwidth drifts between ~30 and ~60 GB/s from minute to minute, so a
+    decode rate is compared with the bandwidth of its own moment; the end-of-run figure is printed too.
 
 Timings follow the original's definitions: prefill = call -> first new token; decode tokens/s =
 (T - 1) / (last token - first token). Every run re-encodes the image (no embedding cache), as the
@@ -108,6 +111,34 @@ def worker(cfg: dict) -> dict:
         out["weight_bytes_per_token"] = decode_weight_bytes(model)
         out["matmuls_only_gbs"] = matmuls_only_gbs(model, torch)
         out["memory_bandwidth_gbs"] = memory_bandwidth(torch)
+        out["interleaved"] = interleaved_pairs(torch, model, ids, mask, pv, sizes, params, processor.tokenizer, out["weight_bytes_per_token"])
+    return out
+
+
+def interleaved_pairs(torch, model, ids, mask, pv, sizes, params, tokenizer, weight_bytes, pairs: int = 5,
+                      size_mib: int = 1024) -> list[dict]:
+    """Decode runs alternating with read-bandwidth probes, each pair seconds apart: on a VM whose
+    bandwidth drifts from run to run, a decode rate is compared with the bandwidth of its own moment
+    rather than with a figure taken minutes later. Each probe reads for as long as its decode ran
+    (sustained, not a burst of a few sums)."""
+    from phi3v_spatial.generation import Generation
+
+    x = torch.ones(size_mib * 2**20 // 4)
+    x.sum()
+    out = []
+    for _ in range(pairs):
+        run = Generation(model, ids, mask, pixel_values=pv, image_sizes=sizes, params=params, tokenizer=tokenizer)
+        for _ in run:
+            pass
+        timings = run.result.timings
+        achieved = weight_bytes * timings.decode_tokens_per_second / 1e9
+        decode_seconds = (params.max_new_tokens - 1) / timings.decode_tokens_per_second
+        n, t0 = 0, time.perf_counter()
+        while n < 3 or time.perf_counter() - t0 < decode_seconds:  # sustained for as long as the decode ran
+            x.sum()
+            n += 1
+        bw = n * x.numel() * 4 / (time.perf_counter() - t0) / 1e9
+        out.append({"achieved_gbs": achieved, "read_sum_gbs": bw, "fraction": achieved / bw})
     return out
 
 
@@ -241,6 +272,9 @@ def bench_mid(preset: str, args) -> dict:
         "peak_rss_ratio": o["peak_rss_mib"] / r["peak_rss_mib"],
         "same_generated_ids": mo["generated_ids"] == mr["generated_ids"],
     }
+    pairs = mo["interleaved"]
+    b["interleaved_pairs"] = pairs
+    b["interleaved_bandwidth_fraction"] = med([p["fraction"] for p in pairs])
     b["kv_cache_bytes_per_step"] = mo["kv_bytes_per_step"]
     b["matmuls_only_gbs"] = mo["matmuls_only_gbs"]
     b["achieved_weights_plus_kv_gbs"] = (mo["weight_bytes_per_token"] + mo["kv_bytes_per_step"]) * o["decode_tokens_per_second"] / 1e9
@@ -250,7 +284,7 @@ def bench_mid(preset: str, args) -> dict:
     b["batch8_peak_rss_mib"] = o8["peak_rss_mib"]
     b["pass"] = {
         "prefill_1_2x": b["prefill_speedup"] >= 1.2, "decode_ge_original": b["decode_ratio"] >= 1.0,
-        "bandwidth_85pct": b["bandwidth_fraction"] >= 0.85, "batch8_4x": b["batch8_over_batch1"] >= 4.0,
+        "bandwidth_85pct": b["interleaved_bandwidth_fraction"] >= 0.85, "batch8_4x": b["batch8_over_batch1"] >= 4.0,
         "rss_le_original": b["peak_rss_ratio"] <= 1.0,
     }
     print(f"(b) {preset}: {mo['weight_bytes_per_token'] / 1e9:.2f} GB of weights per decode step, "
@@ -260,6 +294,11 @@ def bench_mid(preset: str, args) -> dict:
     print(f"    weights streamed {achieved:.1f} GB/s of {bw:.1f} GB/s measured read bandwidth = {100 * b['bandwidth_fraction']:.0f}% (target >= 85%); "
           f"with the KV cache ({mo['kv_bytes_per_step'] / 1e9:.2f} GB/step) {b['achieved_weights_plus_kv_gbs']:.1f} GB/s; "
           f"the weight matmuls alone stream {mo['matmuls_only_gbs']:.1f} GB/s = {100 * mo['matmuls_only_gbs'] / bw:.0f}%")
+    fractions = ", ".join(f"{100 * p['fraction']:.0f}%" for p in pairs)
+    rates = ", ".join(f"{p['achieved_gbs']:.1f}/{p['read_sum_gbs']:.1f}" for p in pairs)
+    print(f"    interleaved (decode run, then read probe, x{len(pairs)}): weights streamed at {fractions} of the "
+          f"bandwidth of the same moment ({rates} GB/s); median {100 * b['interleaved_bandwidth_fraction']:.0f}% "
+          f"(target >= 85%: the pass criterion)")
     print(f"    batch 8: {b['batch8_throughput_tokens_per_second']:.1f} tok/s = {b['batch8_over_batch1']:.2f}x batch 1 (target >= 4x); "
           f"its KV cache alone is {m8['kv_bytes_per_step'] / 1e9:.2f} GB read per step; packed weight copies "
           f"{m8['packed_weight_bytes'] / 1e9:.2f} GB (made in the first run: {m8['warmup_seconds'][0]:.1f} s, vs "
