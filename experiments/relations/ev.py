@@ -20,6 +20,11 @@ for r, o in zip(rows, res):
         acc.setdefault("point_col_within1", []).append(abs(col - r["truth"][0]) <= 1)
         acc.setdefault("point_row_within1", []).append(abs(row - r["truth"][1]) <= 1)
         ok = (col, row) == tuple(r["truth"]); key = "point_exact"
+        near = lambda t: abs(col - t[0]) <= 1 and abs(row - t[1]) <= 1  # noqa: E731
+        others = [q["truth"] for q in rows if q["image"] == r["image"] and q is not r]
+        # within one bin of the named shape / else of another shape of the image / of none
+        acc.setdefault("point_at_named", []).append(near(r["truth"]))
+        acc.setdefault("point_at_another", []).append(not near(r["truth"]) and any(near(t) for t in others))
     else:
         ok = r["truth"] in t; key = "choice"
     acc.setdefault(key, []).append(ok)

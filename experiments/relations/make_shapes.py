@@ -5,6 +5,7 @@
 KIND: "one"       one shape per image: "Is the object on the left or the right side of the image?"
       "side"      2-4 shapes: "Is the {name} on the left or the right side of the image?"
       "point"     2-4 shapes: "Where is the {name}? ..." -> "Column C, row R." (0-9 bins of the image)
+      "point1"    the same with one shape per image
       "relations" 2-4 shapes: left/right, above/below, bigger/smaller yes/no (the data engine's
                   templates) and "which is more to the left / higher up / bigger" pair choices.
 Shapes are named like the engine's objects ("{colour} {cube|ball|box|cylinder}") and never overlap.
@@ -66,7 +67,8 @@ def point_questions(objs, fn):
     for o in objs:
         col, row = min(9, int(o["cx"] / W * 10)), min(9, int(o["cy"] / H * 10))
         rows.append({"image": fn, "question": f"Where is the {o['name']}? Answer with its column and row, 0 to 9.",
-                     "answer": f"Column {col}, row {row}.", "kind": "point", "truth": [col, row]})
+                     "answer": f"Column {col}, row {row}.", "kind": "point", "truth": [col, row],
+                     "box": [o["x"], o["y"], o["w"], o["h"]], "size": [W, H]})
     return rows
 
 
@@ -104,18 +106,18 @@ def relation_questions(rng, objs, fn):
 
 
 def main(kind, out, n, seed):
-    if kind not in ("one", "side", "point", "relations"):
-        raise SystemExit(f"unknown kind {kind!r}: one, side, point or relations")
+    if kind not in ("one", "side", "point", "point1", "relations"):
+        raise SystemExit(f"unknown kind {kind!r}: one, side, point, point1 or relations")
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     rows = []
     for i in range(n):
-        img, objs = draw(rng, single=kind == "one")
+        img, objs = draw(rng, single=kind in ("one", "point1"))
         fn = f"img{seed}_{i}.png"
         img.save(out / fn)
         if kind == "relations":
             rows += relation_questions(rng, objs, fn)
-        elif kind == "point":
+        elif kind in ("point", "point1"):
             rows += point_questions(objs, fn)
         else:
             rows += side_questions(objs, fn, named=kind == "side")

@@ -1,0 +1,138 @@
+"""Attention supervision for binding names to places (a diagnosis, not part of the package).
+
+    python attn_sup.py MODEL_DIR TABLE OUT_DIR [--steps N] [--layers 2,3] [--heads-per-layer N] [--weight W]
+
+TABLE: a "point" table of make_shapes.py (rows carry the named shape's box). Besides the language
+loss (and the position loss at 0.2), attention heads of chosen decoder layers are trained to put their
+attention, at the tokens that predict the column and row digits, on the image tokens under the
+named shape: loss = -log(attention mass on those tokens), averaged over the supervised queries.
+This hands the decoder the step the plateau is about (finding the named shape among several);
+whether the digits follow is what the run shows. Saves OUT_DIR/model (a model folder) and
+OUT_DIR/metrics.jsonl (loss, attention loss, attention mass on the named shape).
+"""
+import argparse
+import json
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+import phi3v_spatial.model.language as language
+from phi3v_spatial.model import Phi3VForCausalLM
+from phi3v_spatial.processing import Phi3VProcessor
+from phi3v_spatial.train.collator import Collator, StackedLabels, pad_batch
+from phi3v_spatial.train.data import load_table
+from phi3v_spatial.train.loop import LossModule
+from phi3v_spatial.train.mask_aux import token_labels
+from phi3v_spatial.train.position_aux import PositionAuxHeads, PositionLabels
+
+CAPTURE = {"calls": 0, "layers": (), "qk": {}}
+_attend = language.attend
+
+
+def capturing_attend(q, k, v, mask, impl, **kw):
+    """language.attend, keeping q and k of the chosen layers (calls are counted per forward)."""
+    if CAPTURE["calls"] in CAPTURE["layers"]:
+        CAPTURE["qk"][CAPTURE["calls"]] = (q, k)
+    CAPTURE["calls"] += 1
+    return _attend(q, k, v, mask, impl, **kw)
+
+
+def object_tokens(row: dict, num_crops: int, order: str) -> torch.Tensor:
+    """(num_image_tokens,) bool: tokens whose cell is mostly the named shape."""
+    W, H = row["size"]
+    x, y, w, h = row["box"]
+    mask = np.zeros((H, W), dtype=np.int32)
+    mask[y:y + h + 1, x:x + w + 1] = 1
+    return token_labels(mask, {1: (1, 1)}, num_crops, order)[:, 0] == 1
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("table")
+    ap.add_argument("out")
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=6e-4)
+    ap.add_argument("--layers", default="2", help="comma-separated decoder layers to supervise")
+    ap.add_argument("--heads-per-layer", type=int, default=1, help="supervise heads 0..N-1 of each")
+    ap.add_argument("--weight", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--heads", help="position heads to start from (a previous run's position_aux_heads.safetensors)")
+    a = ap.parse_args()
+    torch.set_num_threads(2)
+    torch.manual_seed(a.seed)
+    language.attend = capturing_attend
+    CAPTURE["layers"] = tuple(int(x) for x in a.layers.split(","))
+    model = Phi3VForCausalLM.from_pretrained(a.model, torch_dtype=torch.float32)
+    processor = Phi3VProcessor.from_pretrained(a.model)
+    crops, order = processor.num_crops, model.config.hd_transform_order
+    heads = PositionAuxHeads(model.config.hidden_size)
+    if a.heads:
+        heads.load_state_dict(load_file(a.heads))
+    collator = Collator(processor, image_labels=StackedLabels([PositionLabels(crops, order)]))
+    module = LossModule(model, torch.nn.ModuleDict({"position": heads}), {"position": 0.2})
+    table = Path(a.table)
+    rows = [json.loads(line) for line in open(table)]
+    samples = load_table(table).samples
+    digits = {processor.tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)}
+    params = list(model.parameters()) + list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, a.steps) / a.steps)))
+    rng = random.Random(a.seed)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = open(out / "metrics.jsonl", "w")
+    model.train()
+    for step in range(1, a.steps + 1):
+        idx = [rng.randrange(len(rows)) for _ in range(a.batch)]
+        enc = [collator.encode(samples[i]) for i in idx]
+        batch = pad_batch(enc, collator.pad_id)
+        CAPTURE["calls"] = 0
+        loss_sum = module(**batch)
+        n_targets = int((batch["labels"][:, 1:] != -100).sum())
+        lm = loss_sum / n_targets
+        attn_losses, masses = [], []
+        for b, i in enumerate(idx):
+            ids = torch.tensor(enc[b]["input_ids"])
+            labels = enc[b]["labels"]
+            image_pos = (ids < 0).nonzero().flatten()
+            target = image_pos[object_tokens(rows[i], crops, order)]
+            queries = [t - 1 for t in range(1, len(labels)) if labels[t] in digits]
+            for q, k in CAPTURE["qk"].values():  # (B, H, T, d), (B, KVH, T, d) after RoPE
+                for head in range(a.heads_per_layer):
+                    kh = head * k.shape[1] // q.shape[1]
+                    for t in queries:
+                        scores = (k[b, kh, : t + 1] @ q[b, head, t]) / math.sqrt(q.shape[-1])
+                        logp = torch.log_softmax(scores.float(), dim=-1)
+                        lp = torch.logsumexp(logp[target], dim=0)
+                        attn_losses.append(-lp)
+                        masses.append(float(lp.detach().exp()))
+        attn = torch.stack(attn_losses).mean()
+        loss = lm + a.weight * attn
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        if step % 20 == 0 or step == a.steps:
+            rec = {"step": step, "loss": float(lm.detach()), "attn_loss": float(attn.detach()), "attn_mass": float(np.mean(masses)),
+                   "position_aux": module.last_aux.get("position")}
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+            print(rec, flush=True)
+    model.save_pretrained(out / "model")
+    save_file(heads.state_dict(), str(out / "position_aux_heads.safetensors"))
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "preprocessor_config.json",
+              "generation_config.json"):
+        src = Path(a.model) / f
+        if src.is_file():
+            (out / "model" / f).write_bytes(src.read_bytes())
+
+
+if __name__ == "__main__":
+    main()
