@@ -26,7 +26,7 @@ from phi3v_spatial.processing import Phi3VProcessor
 from phi3v_spatial.train.collator import Collator, StackedLabels, pad_batch
 from phi3v_spatial.train.data import load_table
 from phi3v_spatial.train.loop import LossModule
-from phi3v_spatial.train.mask_aux import token_labels
+from phi3v_spatial.train.mask_aux import MaskAuxHeads, _vocab, token_labels
 from phi3v_spatial.train.position_aux import PositionAuxHeads, PositionLabels
 
 CAPTURE = {"calls": 0, "layers": (), "qk": {}}
@@ -50,6 +50,20 @@ def object_tokens(row: dict, num_crops: int, order: str) -> torch.Tensor:
     return token_labels(mask, {1: (1, 1)}, num_crops, order)[:, 0] == 1
 
 
+def shape_labels(rows: list[dict], num_crops: int, order: str) -> torch.Tensor:
+    """(num_image_tokens, 2) colour/kind labels of one image's tokens from the boxes of all its shapes
+    (the mask loss's labels, drawn from the table instead of engine masks)."""
+    colours, kinds = _vocab()
+    W, H = rows[0]["size"]
+    mask, table = np.zeros((H, W), dtype=np.int32), {}
+    for i, r in enumerate(rows, 1):
+        x, y, w, h = r["box"]
+        mask[y:y + h + 1, x:x + w + 1] = i
+        name = r["question"].split("Where is the ")[1].split("?")[0].split()
+        table[i] = (colours.index(name[0]) + 1, kinds.index(name[-1]) + 1)
+    return token_labels(mask, table, num_crops, order)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
@@ -62,6 +76,8 @@ def main():
     ap.add_argument("--heads-per-layer", type=int, default=1, help="supervise heads 0..N-1 of each")
     ap.add_argument("--weight", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--colour-aux-weight", type=float, default=0.0,
+                    help="also the colour/kind loss on every shape's tokens (keeps colour in the features)")
     ap.add_argument("--heads", help="position heads to start from (a previous run's position_aux_heads.safetensors)")
     a = ap.parse_args()
     torch.set_num_threads(2)
@@ -75,12 +91,18 @@ def main():
     if a.heads:
         heads.load_state_dict(load_file(a.heads))
     collator = Collator(processor, image_labels=StackedLabels([PositionLabels(crops, order)]))
-    module = LossModule(model, torch.nn.ModuleDict({"position": heads}), {"position": 0.2})
+    aux, weights = {"position": heads}, {"position": 0.2}
+    if a.colour_aux_weight:
+        aux["mask"], weights["mask"] = MaskAuxHeads(model.config.hidden_size), a.colour_aux_weight
+    module = LossModule(model, torch.nn.ModuleDict(aux), weights)
     table = Path(a.table)
     rows = [json.loads(line) for line in open(table)]
+    by_image = {}
+    for r in rows:
+        by_image.setdefault(r["image"], []).append(r)
     samples = load_table(table).samples
     digits = {processor.tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)}
-    params = list(model.parameters()) + list(heads.parameters())
+    params = list(model.parameters()) + [p for h in aux.values() for p in h.parameters()]
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, a.steps) / a.steps)))
     rng = random.Random(a.seed)
@@ -91,6 +113,10 @@ def main():
     for step in range(1, a.steps + 1):
         idx = [rng.randrange(len(rows)) for _ in range(a.batch)]
         enc = [collator.encode(samples[i]) for i in idx]
+        if a.colour_aux_weight:
+            for b, i in enumerate(idx):
+                extra = shape_labels(by_image[rows[i]["image"]], crops, order)
+                enc[b]["image_token_labels"] = torch.cat([enc[b]["image_token_labels"], extra], dim=1)
         batch = pad_batch(enc, collator.pad_id)
         CAPTURE["calls"] = 0
         loss_sum = module(**batch)
@@ -121,7 +147,7 @@ def main():
         opt.zero_grad(set_to_none=True)
         if step % 20 == 0 or step == a.steps:
             rec = {"step": step, "loss": float(lm.detach()), "attn_loss": float(attn.detach()), "attn_mass": float(np.mean(masses)),
-                   "position_aux": module.last_aux.get("position")}
+                   "position_aux": module.last_aux.get("position"), "mask_aux": module.last_aux.get("mask")}
             log.write(json.dumps(rec) + "\n")
             log.flush()
             print(rec, flush=True)
