@@ -2,10 +2,14 @@
 
     python attn_sup.py MODEL_DIR TABLE OUT_DIR [--steps N] [--layers 2,3] [--heads-per-layer N] [--weight W]
 
-TABLE: a "point" table of make_shapes.py (rows carry the named shape's box). Besides the language
-loss (and the position loss at 0.2), attention heads of chosen decoder layers are trained to put their
-attention, at the tokens that predict the column and row digits, on the image tokens under the
-named shape: loss = -log(attention mass on those tokens), averaged over the supervised queries.
+TABLE: a "point" or "pointrel" table of make_shapes.py (rows carry the shapes' boxes). Besides the
+language loss (and the position loss at 0.2), attention heads of chosen decoder layers are trained to
+put their attention, at the tokens that predict the column and row digits, on the image tokens under
+the named shape: loss = -log(attention mass on those tokens), averaged over the supervised queries.
+On a relation row (two named shapes) the supervised heads alternate between the first and the second
+named shape, at the tokens that predict the first two answer tokens (the yes/no or the choice); on a
+reasoned one ("cot", answers that give both shapes' places first) every supervised head attends to the
+shape whose column and row digits the token predicts.
 This hands the decoder the step the plateau is about (finding the named shape among several);
 whether the digits follow is what the run shows. Saves OUT_DIR/model (a model folder) and
 OUT_DIR/metrics.jsonl (loss, attention loss, attention mass on the named shape).
@@ -41,13 +45,20 @@ def capturing_attend(q, k, v, mask, impl, **kw):
     return _attend(q, k, v, mask, impl, **kw)
 
 
-def object_tokens(row: dict, num_crops: int, order: str) -> torch.Tensor:
-    """(num_image_tokens,) bool: tokens whose cell is mostly the named shape."""
+def object_tokens(row: dict, box: list, num_crops: int, order: str) -> torch.Tensor:
+    """(num_image_tokens,) bool: tokens whose cell is mostly the shape in `box`."""
     W, H = row["size"]
-    x, y, w, h = row["box"]
+    x, y, w, h = box
     mask = np.zeros((H, W), dtype=np.int32)
     mask[y:y + h + 1, x:x + w + 1] = 1
     return token_labels(mask, {1: (1, 1)}, num_crops, order)[:, 0] == 1
+
+
+def shapes_of(rows: list[dict]) -> list[dict]:
+    """The image's shapes ({"name", "box"}): from a row's "objects", or from its point rows."""
+    if "objects" in rows[0]:
+        return rows[0]["objects"]
+    return [{"name": r["question"].split("Where is the ")[1].split("?")[0], "box": r["box"]} for r in rows]
 
 
 def shape_labels(rows: list[dict], num_crops: int, order: str) -> torch.Tensor:
@@ -56,12 +67,33 @@ def shape_labels(rows: list[dict], num_crops: int, order: str) -> torch.Tensor:
     colours, kinds = _vocab()
     W, H = rows[0]["size"]
     mask, table = np.zeros((H, W), dtype=np.int32), {}
-    for i, r in enumerate(rows, 1):
-        x, y, w, h = r["box"]
+    for i, o in enumerate(shapes_of(rows), 1):
+        x, y, w, h = o["box"]
         mask[y:y + h + 1, x:x + w + 1] = i
-        name = r["question"].split("Where is the ")[1].split("?")[0].split()
+        name = o["name"].split()
         table[i] = (colours.index(name[0]) + 1, kinds.index(name[-1]) + 1)
     return token_labels(mask, table, num_crops, order)
+
+
+def attention_targets(row: dict, by_image: dict) -> list[list]:
+    """Boxes the supervised heads attend to, one per role: the named shape, or the two named shapes."""
+    if "named" in row:
+        boxes = {o["name"]: o["box"] for o in shapes_of(by_image[row["image"]])}
+        return [boxes[n] for n in row["named"]]
+    return [row["box"]]
+
+
+def query_positions(row: dict, labels: list, digits: set) -> list[tuple[int, int | None]]:
+    """(position, role) pairs whose next-token prediction is supervised: the digits of a point answer;
+    the first two answer tokens of a relation answer (role None: the heads alternate between the
+    two shapes); the digits of a reasoned relation answer ("cot": the first two digits are the first
+    named shape's column and row, role 0, the next two the second's, role 1)."""
+    answer = [t for t in range(1, len(labels)) if labels[t] != -100]
+    if row.get("cot"):
+        return [(t - 1, int(j >= 2)) for j, t in enumerate(t for t in answer if labels[t] in digits)]
+    if "named" in row:
+        return [(t - 1, None) for t in answer[:2]]
+    return [(t - 1, 0) for t in answer if labels[t] in digits]
 
 
 def main():
@@ -79,6 +111,10 @@ def main():
     ap.add_argument("--colour-aux-weight", type=float, default=0.0,
                     help="also the colour/kind loss on every shape's tokens (keeps colour in the features)")
     ap.add_argument("--heads", help="position heads to start from (a previous run's position_aux_heads.safetensors)")
+    ap.add_argument("--decision-to-digits", action="store_true",
+                    help='on "cot" rows also pull the heads, at the tokens that predict the decision, onto the two '
+                         "digits it compares (the columns for left/right, the rows for above/below)")
+    ap.add_argument("--mask-heads", help="colour/kind heads to start from (a previous run's mask_aux_heads.safetensors)")
     a = ap.parse_args()
     torch.set_num_threads(2)
     torch.manual_seed(a.seed)
@@ -94,6 +130,8 @@ def main():
     aux, weights = {"position": heads}, {"position": 0.2}
     if a.colour_aux_weight:
         aux["mask"], weights["mask"] = MaskAuxHeads(model.config.hidden_size), a.colour_aux_weight
+        if a.mask_heads:
+            aux["mask"].load_state_dict(load_file(a.mask_heads))
     module = LossModule(model, torch.nn.ModuleDict(aux), weights)
     table = Path(a.table)
     rows = [json.loads(line) for line in open(table)]
@@ -102,6 +140,7 @@ def main():
         by_image.setdefault(r["image"], []).append(r)
     samples = load_table(table).samples
     digits = {processor.tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)}
+    colon = processor.tokenizer.convert_tokens_to_ids(":")
     params = list(model.parameters()) + [p for h in aux.values() for p in h.parameters()]
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, a.steps) / a.steps)))
@@ -127,12 +166,22 @@ def main():
             ids = torch.tensor(enc[b]["input_ids"])
             labels = enc[b]["labels"]
             image_pos = (ids < 0).nonzero().flatten()
-            target = image_pos[object_tokens(rows[i], crops, order)]
-            queries = [t - 1 for t in range(1, len(labels)) if labels[t] in digits]
+            targets = [image_pos[object_tokens(rows[i], box, crops, order)] for box in attention_targets(rows[i], by_image)]
+            queries = query_positions(rows[i], labels, digits)
+            if a.decision_to_digits and rows[i].get("cot"):
+                answer = [t for t in range(1, len(labels)) if labels[t] != -100]
+                placed = [t for t in answer if labels[t] in digits]
+                axis = 0 if ("left" in rows[i]["question"] or "right" in rows[i]["question"]) else 1
+                targets.append(torch.tensor([placed[axis], placed[2 + axis]]))
+                after = [t for t in answer if t > max(u for u in answer if labels[u] == colon)]
+                queries = queries + [(t - 1, len(targets) - 1) for t in after[:2]]
             for q, k in CAPTURE["qk"].values():  # (B, H, T, d), (B, KVH, T, d) after RoPE
                 for head in range(a.heads_per_layer):
                     kh = head * k.shape[1] // q.shape[1]
-                    for t in queries:
+                    for t, role in queries:
+                        target = targets[head % len(targets) if role is None else role]
+                        if not len(target):  # a shape too thin to fill a token cell
+                            continue
                         scores = (k[b, kh, : t + 1] @ q[b, head, t]) / math.sqrt(q.shape[-1])
                         logp = torch.log_softmax(scores.float(), dim=-1)
                         lp = torch.logsumexp(logp[target], dim=0)
@@ -153,6 +202,8 @@ def main():
             print(rec, flush=True)
     model.save_pretrained(out / "model")
     save_file(heads.state_dict(), str(out / "position_aux_heads.safetensors"))
+    if "mask" in aux:
+        save_file(aux["mask"].state_dict(), str(out / "mask_aux_heads.safetensors"))
     for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "preprocessor_config.json",
               "generation_config.json"):
         src = Path(a.model) / f

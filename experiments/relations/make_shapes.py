@@ -8,6 +8,11 @@ KIND: "one"       one shape per image: "Is the object on the left or the right s
       "point1"    the same with one shape per image
       "relations" 2-4 shapes: left/right, above/below, bigger/smaller yes/no (the data engine's
                   templates) and "which is more to the left / higher up / bigger" pair choices.
+      "pointrel"  2-4 shapes: the "point" and the "relations" questions of each image.
+      "pointrelcot" the same, but left/right/above/below answers first give both shapes' places:
+                  "The {a} is at column C, row R, the {b} at column C, row R: yes." (rows "cot": true)
+Every row carries the image's shapes ("objects": name and [x, y, w, h] box) and "size"; relation rows
+also the two shapes they name, in the question's order ("named").
 Shapes are named like the engine's objects ("{colour} {cube|ball|box|cylinder}") and never overlap.
 """
 import json
@@ -72,7 +77,16 @@ def point_questions(objs, fn):
     return rows
 
 
-def relation_questions(rng, objs, fn):
+def place(o) -> tuple[int, int]:
+    return min(9, int(o["cx"] / W * 10)), min(9, int(o["cy"] / H * 10))
+
+
+def reasoned(a, b, decision: str) -> str:
+    (ca, ra), (cb, rb) = place(a), place(b)
+    return f"The {a['name']} is at column {ca}, row {ra}, the {b['name']} at column {cb}, row {rb}: {decision}."
+
+
+def relation_questions(rng, objs, fn, cot: bool = False):
     cands = []
     for a in objs:
         for b in objs:
@@ -101,13 +115,18 @@ def relation_questions(rng, objs, fn):
             rng.shuffle(pair)
             q = rng.choice(T.CHOICE_PAIR_QUESTIONS).format(a=pair[0]["name"], b=pair[1]["name"], rel=T.CHOICE_PAIR_PHRASE[rel])
             ans, truth, kind = f"The {a['name']}.", a["name"], "choice"
-        rows.append({"image": fn, "question": q, "answer": ans, "kind": kind, "truth": truth})
+            a, b = pair
+        row = {"image": fn, "question": q, "answer": ans, "kind": kind, "truth": truth, "named": [a["name"], b["name"]]}
+        if cot and rel not in ("bigger", "smaller"):
+            decision = ("yes" if truth else "no") if kind == "yesno" else f"the {truth}"
+            row.update(answer=reasoned(a, b, decision), cot=True)
+        rows.append(row)
     return rows
 
 
 def main(kind, out, n, seed):
-    if kind not in ("one", "side", "point", "point1", "relations"):
-        raise SystemExit(f"unknown kind {kind!r}: one, side, point, point1 or relations")
+    if kind not in ("one", "side", "point", "point1", "relations", "pointrel", "pointrelcot"):
+        raise SystemExit(f"unknown kind {kind!r}: one, side, point, point1, relations, pointrel or pointrelcot")
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     rows = []
@@ -116,11 +135,15 @@ def main(kind, out, n, seed):
         fn = f"img{seed}_{i}.png"
         img.save(out / fn)
         if kind == "relations":
-            rows += relation_questions(rng, objs, fn)
+            new = relation_questions(rng, objs, fn)
         elif kind in ("point", "point1"):
-            rows += point_questions(objs, fn)
+            new = point_questions(objs, fn)
+        elif kind in ("pointrel", "pointrelcot"):
+            new = point_questions(objs, fn) + relation_questions(rng, objs, fn, cot=kind == "pointrelcot")
         else:
-            rows += side_questions(objs, fn, named=kind == "side")
+            new = side_questions(objs, fn, named=kind == "side")
+        shapes = [{"name": o["name"], "box": [o["x"], o["y"], o["w"], o["h"]]} for o in objs]
+        rows += [{**r, "objects": shapes, "size": [W, H]} for r in new]
     with open(out / "data.jsonl", "w") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in rows)
     print(len(rows), "rows")
