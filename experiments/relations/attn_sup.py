@@ -89,6 +89,8 @@ def query_positions(row: dict, labels: list, digits: set) -> list[tuple[int, int
     two shapes); the digits of a reasoned relation answer ("cot": the first two digits are the first
     named shape's column and row, role 0, the next two the second's, role 1)."""
     answer = [t for t in range(1, len(labels)) if labels[t] != -100]
+    if row.get("drill"):  # the places come from the question's text, not from the image
+        return []
     if row.get("cot"):
         return [(t - 1, int(j >= 2)) for j, t in enumerate(t for t in answer if labels[t] in digits)]
     if "named" in row:
