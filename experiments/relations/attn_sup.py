@@ -33,6 +33,8 @@ from phi3v_spatial.train.loop import LossModule
 from phi3v_spatial.train.mask_aux import MaskAuxHeads, _vocab, token_labels
 from phi3v_spatial.train.position_aux import PositionAuxHeads, PositionLabels
 
+from make_shapes import relation_of
+
 CAPTURE = {"calls": 0, "layers": (), "qk": {}}
 _attend = language.attend
 
@@ -98,6 +100,17 @@ def query_positions(row: dict, labels: list, digits: set) -> list[tuple[int, int
     return [(t - 1, 0) for t in answer if labels[t] in digits]
 
 
+def decision_to_digits(row: dict, labels: list, digits: set, colon: int) -> tuple[torch.Tensor, list[int]]:
+    """On a reasoned answer: the two digits the decision compares (the columns for left/right, the
+    rows for above/below) and the positions that predict the decision (the first two tokens after
+    the last colon)."""
+    answer = [t for t in range(1, len(labels)) if labels[t] != -100]
+    placed = [t for t in answer if labels[t] in digits]
+    _, axis = relation_of(row["question"])
+    last_colon = max(t for t in answer if labels[t] == colon)
+    return torch.tensor([placed[axis], placed[2 + axis]]), [t - 1 for t in answer if t > last_colon][:2]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
@@ -143,6 +156,7 @@ def main():
     samples = load_table(table).samples
     digits = {processor.tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)}
     colon = processor.tokenizer.convert_tokens_to_ids(":")
+    colour_labels = {}
     params = list(model.parameters()) + [p for h in aux.values() for p in h.parameters()]
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, a.steps) / a.steps)))
@@ -156,7 +170,10 @@ def main():
         enc = [collator.encode(samples[i]) for i in idx]
         if a.colour_aux_weight:
             for b, i in enumerate(idx):
-                extra = shape_labels(by_image[rows[i]["image"]], crops, order)
+                image = rows[i]["image"]
+                if image not in colour_labels:  # the image's labels, made once
+                    colour_labels[image] = shape_labels(by_image[image], crops, order)
+                extra = colour_labels[image]
                 enc[b]["image_token_labels"] = torch.cat([enc[b]["image_token_labels"], extra], dim=1)
         batch = pad_batch(enc, collator.pad_id)
         CAPTURE["calls"] = 0
@@ -171,12 +188,9 @@ def main():
             targets = [image_pos[object_tokens(rows[i], box, crops, order)] for box in attention_targets(rows[i], by_image)]
             queries = query_positions(rows[i], labels, digits)
             if a.decision_to_digits and rows[i].get("cot"):
-                answer = [t for t in range(1, len(labels)) if labels[t] != -100]
-                placed = [t for t in answer if labels[t] in digits]
-                axis = 0 if ("left" in rows[i]["question"] or "right" in rows[i]["question"]) else 1
-                targets.append(torch.tensor([placed[axis], placed[2 + axis]]))
-                after = [t for t in answer if t > max(u for u in answer if labels[u] == colon)]
-                queries = queries + [(t - 1, len(targets) - 1) for t in after[:2]]
+                compared, decision = decision_to_digits(rows[i], labels, digits, colon)
+                targets.append(compared)
+                queries = queries + [(t, len(targets) - 1) for t in decision]
             for q, k in CAPTURE["qk"].values():  # (B, H, T, d), (B, KVH, T, d) after RoPE
                 for head in range(a.heads_per_layer):
                     kh = head * k.shape[1] // q.shape[1]

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 import phi3v_spatial
+from make_shapes import relation_of
 
 PLACE = re.compile(r"column (\d), row (\d)")
 
@@ -41,8 +42,7 @@ def main(model: str, table: Path):
         stats["places_ok"] += all(abs(a - b) <= 1 and abs(c - d) <= 1 for (a, c), (b, d) in zip(said, truth))
         stats["names_ok"] += re.findall(r"[Tt]he (\w+ \w+) (?:is )?at", text)[:2] == r["named"]
         if r["kind"] == "yesno":
-            rel = next(w for w in ("left", "right", "above", "below") if w in r["question"])
-            axis = 0 if rel in ("left", "right") else 1
+            rel, axis = relation_of(r["question"])
             first, second = said[0][axis], said[1][axis]
             holds = first < second if rel in ("left", "above") else first > second
             stats["consistent"] += decision.startswith("yes") == holds

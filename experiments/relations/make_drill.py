@@ -10,16 +10,14 @@ import json
 import random
 import sys
 
-REL = {"left": (0, True), "right": (0, False), "above": (1, True), "below": (1, False)}
-WORDS = (("higher up", "above"), ("lower down", "below"), ("left", "left"), ("right", "right"),
-         ("above", "above"), ("below", "below"))
+from make_shapes import relation_of
 
 
 def drill(row: dict, rng: random.Random) -> dict:
     a, b = row["named"]
     q = row["question"]
-    rel = next(r for w, r in WORDS if w in q)
-    axis, first_smaller = REL[rel]
+    rel, axis = relation_of(q)
+    first_smaller = rel in ("left", "above")
     pa, pb = [rng.randrange(10), rng.randrange(10)], [rng.randrange(10), rng.randrange(10)]
     while pa[axis] == pb[axis]:
         pb[axis] = rng.randrange(10)

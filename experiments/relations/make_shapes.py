@@ -66,19 +66,31 @@ def side_questions(objs, fn, named):
     return rows
 
 
+def place(o) -> tuple[int, int]:
+    """The 0-9 column and row bins of a shape's centre."""
+    return min(9, int(o["cx"] / W * 10)), min(9, int(o["cy"] / H * 10))
+
+
 def point_questions(objs, fn):
     """Dense grounding: each digit is a 10-way answer that attending to the named shape improves."""
     rows = []
     for o in objs:
-        col, row = min(9, int(o["cx"] / W * 10)), min(9, int(o["cy"] / H * 10))
+        col, row = place(o)
         rows.append({"image": fn, "question": f"Where is the {o['name']}? Answer with its column and row, 0 to 9.",
                      "answer": f"Column {col}, row {row}.", "kind": "point", "truth": [col, row],
                      "box": [o["x"], o["y"], o["w"], o["h"]], "size": [W, H]})
     return rows
 
 
-def place(o) -> tuple[int, int]:
-    return min(9, int(o["cx"] / W * 10)), min(9, int(o["cy"] / H * 10))
+# a question's relation word -> (relation, axis: 0 columns, 1 rows); choice questions say "higher up" / "lower down"
+RELATION_WORDS = (("higher up", "above"), ("lower down", "below"), ("left", "left"), ("right", "right"),
+                  ("above", "above"), ("below", "below"))
+
+
+def relation_of(question: str) -> tuple[str, int] | None:
+    """The left/right/above/below relation a question asks about and its axis, or None (size)."""
+    rel = next((r for w, r in RELATION_WORDS if w in question), None)
+    return None if rel is None else (rel, 0 if rel in ("left", "right") else 1)
 
 
 def reasoned(a, b, decision: str) -> str:
