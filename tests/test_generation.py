@@ -263,6 +263,39 @@ def test_onednn_decode_matches_the_blas_fallback(monkeypatch):
         assert (a.step_logits[t] - expected).abs().max() <= 1e-4
 
 
+def test_native_gemv_decode_matches_onednn(monkeypatch):
+    """At batch 1 the large float32 CPU weights are multiplied by the compiled GEMV (model/gemv.py)
+    where it builds: equal to F.linear to float32 rounding (row tails, blocks, strided rows), and a
+    batch-1 generation through it gives oneDNN's tokens and logits (1e-4), both == uncached."""
+    from phi3v_spatial.model import decode, gemv
+    from phi3v_spatial.random_init import random_config, random_model
+
+    if not gemv.native_gemv_available():
+        pytest.skip(f"compiled GEMV unavailable here: {gemv._STATE.get('error')}")
+    g = torch.Generator().manual_seed(0)
+    for n, k in ((1, 1), (3, 63), (129, 64), (257, 1000), (64, 3072)):
+        w, x = torch.randn(n, k + 5, generator=g)[:, :k], torch.randn(1, 1, k, generator=g)  # rows 5 floats apart
+        assert gemv.usable(w) and w.stride(0) == k + 5
+        assert torch.allclose(gemv.native_gemv(x, w), torch.nn.functional.linear(x, w), rtol=1e-5, atol=1e-4)
+    config = random_config(hidden_size=512, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=8,
+                           num_key_value_heads=2)
+    ids = torch.randint(3, 30000, (1, 40), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones_like(ids)
+    model = random_model(config, seed=0)
+    assert decode.use_onednn(model)
+    calls = []
+    monkeypatch.setattr(decode, "native_gemv", lambda x, w: calls.append(1) or gemv.native_gemv(x, w))
+    native = generate(model, ids, mask, params=GREEDY12, return_step_logits=True)
+    assert len(calls) >= 12 * 5  # every large weight (qkv, gate_up, down, lm_head...) of every step
+    monkeypatch.setattr(decode, "native_gemv_available", lambda: False)
+    onednn = generate(model, ids, mask, params=GREEDY12, return_step_logits=True)
+    assert native.tokens == onednn.tokens
+    for t in (0, 6, 11):
+        assert (native.step_logits[t] - onednn.step_logits[t]).abs().max() <= 1e-4
+        expected = uncached_logits(model, ids, mask, {}, [row[:t] for row in native.tokens])
+        assert (native.step_logits[t] - expected).abs().max() <= 1e-4
+
+
 @pytest.mark.parametrize("name", ["m_batch2_image", "m_text_cross"])
 def test_fused_sdpa_decode_attention_equals_uncached_forward(model, reference_dir, manifest, monkeypatch, name):
     """From enough rows x cached keys the decode step attends with the fused SDPA kernel instead of

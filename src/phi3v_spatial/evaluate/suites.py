@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError
+from ..paths import cache_dir
 from .loaders import EvalSample, load_dataset, load_multiple_choice, load_pope, load_vsr
 
 SUITE_VERSION = 1
@@ -43,13 +44,6 @@ SPATIAL_SUITES = {
     "spatial-full": SuiteSpec(num_scenes=200, seed_offset=1_000),
 }
 MARKER = "suite.json"
-
-
-def cache_dir() -> Path:
-    if os.environ.get("PHI3V_SPATIAL_CACHE"):
-        return Path(os.environ["PHI3V_SPATIAL_CACHE"])
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "phi3v_spatial"
 
 
 def suite_dir(name: str, root: str | Path | None = None, generator: str = "") -> Path:

@@ -18,6 +18,9 @@ path does only what one token needs and nothing the general forward does to be g
   (`onednn_linear`) instead of BLAS `F.linear`: for the 1-8 rows of a decode step it streams the
   weights ~1.5x (1 row) to ~2.5x (8 rows) faster on this project's machine, reading the same
   row-major weights (no copy, no repacking);
+- for one row (batch 1), where available, a hand-written GEMV compiled on first use (`gemv.py`,
+  `kernels/gemv.c`) instead of oneDNN: it streams the weights like a plain read of memory, where
+  oneDNN's one-row product falls behind in this machine's fast-memory phases;
 - for several rows (batched decoding), the same weights packed once into oneDNN's blocked layout
   for small row counts (`packed_weight`): 8-row steps stream them ~1.4-2x faster than the plain
   layout on this project's machine. The packed copies are extra memory (as much as the decoder's
@@ -38,7 +41,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import gemv
 from .cache import KVCache
+from .gemv import native_gemv, native_gemv_available
 from .language import Phi3RMSNorm
 from .rope import rope_cos_sin, rope_inv_freq
 
@@ -197,18 +202,19 @@ def _plain_linear(m: nn.Module):
 
 
 def _bind_linear(w, fast: bool, pack: bool = False):
-    """A callable x -> x @ w^T for one layer: oneDNN for a plain float32 weight when `fast` (with
-    `pack`: its packed copy for inputs of several rows), else `F.linear`, else (a swapped-in
-    module) the module itself."""
+    """A callable x -> x @ w^T for one layer: for a plain float32 weight when `fast`, one row through
+    the compiled GEMV when it is available (gemv.py) else oneDNN, several rows through oneDNN (with
+    `pack`: its packed copy); else `F.linear`, else (a swapped-in module) the module itself."""
     if not isinstance(w, torch.Tensor):
         return w
     if fast and w.dtype == torch.float32 and w.dim() == 2 and w.numel() >= _ONEDNN_MIN_WEIGHT:
-        if not pack:
-            return lambda x: onednn_linear(x, w)
+        one_row = native_gemv if gemv.usable(w) and native_gemv_available() else onednn_linear
 
         def linear(x: torch.Tensor) -> torch.Tensor:
             rows = x.numel() // x.shape[-1]
             if rows == 1:
+                return one_row(x, w)
+            if not pack:
                 return onednn_linear(x, w)
             flat = x.reshape(rows, x.shape[-1])
             return torch.ops.mkldnn._linear_pointwise(flat, packed_weight(w), None, "none", [], "").view(*x.shape[:-1], w.shape[0])
