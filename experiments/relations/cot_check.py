@@ -27,6 +27,7 @@ def main(model: str, table: Path):
                          images=[[str(table.parent / r["image"])] for r in rows], max_new_tokens=48, batch_size=32)
     stats = dict.fromkeys(("parsed", "places_ok", "names_ok", "decision_right", "consistent"), 0)
     n_yesno = sum(r["kind"] == "yesno" for r in rows)
+    by_rel: dict[str, list[bool]] = {}
     for r, o in zip(rows, res):
         text = o.text.strip()
         truth = [tuple(map(int, m)) for m in PLACE.findall(r["answer"])]
@@ -46,9 +47,11 @@ def main(model: str, table: Path):
             first, second = said[0][axis], said[1][axis]
             holds = first < second if rel in ("left", "above") else first > second
             stats["consistent"] += decision.startswith("yes") == holds
+            by_rel.setdefault(rel, []).append(decision.startswith("yes") == holds)
     out = {k: f"{100 * v / len(rows):.1f}" for k, v in stats.items() if k != "consistent"}
     out["consistent (yes/no)"] = f"{100 * stats['consistent'] / max(1, n_yesno):.1f}"
     print(out, "of", len(rows), "rows,", n_yesno, "yes/no")
+    print("consistent by relation word:", {k: f"{100 * sum(v) / len(v):.1f} of {len(v)}" for k, v in sorted(by_rel.items())})
 
 
 if __name__ == "__main__":
