@@ -1,7 +1,8 @@
 """Can the embedded model's decoder compare two stated places at all? Text only, no image.
 
     python text_drill.py OUT_DIR [--init scratch|MODEL_DIR] [--steps N] [--batch B] [--lr LR]
-                         [--answer short|cot] [--eval-every N]
+                         [--answer short|cot|decide] [--task places|bare]
+                         [--schedule balanced|skewed|curriculum] [--eval-every N] [--threads N]
 
 Trains the decoder of the embedded architecture (from scratch, or from a model folder's weights) on
 prompts "The red cube is at column 3, row 5, the blue ball at column 1, row 2. Is the red cube left of
@@ -32,7 +33,6 @@ ASSETS = Path(__file__).resolve().parents[2] / "src/phi3v_spatial/assets/tiny-sp
 RELATIONS = {"left of": (0, True), "right of": (0, False), "above": (1, True), "below": (1, False)}
 KINDS = sorted(KIND_BY_SHAPE)
 TASK = "places"
-ANSWER = "short"
 SCHEDULE = {"step": 0, "kind": "balanced"}
 CURRICULUM_STEPS = (300, 700, 1100)
 
@@ -53,7 +53,7 @@ def relation_weights(words: list[str]) -> list[float]:
     return [1.0] * len(words)
 
 
-def bare(rng: random.Random, answer: str) -> tuple[str, str, bool, str, int]:
+def bare(rng: random.Random) -> tuple[str, str, bool, str, int]:
     """The comparison alone: "Is 3 less than 5?" (a sanity task for the same decoder)."""
     rel = rng.choices(["less", "more"], relation_weights(["less", "more"]))[0]
     a, b = rng.sample(range(10), 2)
@@ -61,20 +61,32 @@ def bare(rng: random.Random, answer: str) -> tuple[str, str, bool, str, int]:
     return f"Is {a} {rel} than {b}?", "yes" if want else "no", want, rel, abs(a - b)
 
 
+def two_names(rng: random.Random, kinds) -> tuple[str, str]:
+    a, b = "x", "x"
+    while a == b:
+        a, b = (f"{rng.choice(COLOUR_NAMES)} {rng.choice(kinds)}" for _ in range(2))
+    return a, b
+
+
+def two_places(rng: random.Random, axis: int, first_smaller: bool, want: bool) -> tuple[list, list]:
+    """Random (column, row) places of two shapes, different on `axis`, for which "the first is
+    smaller there" == `first_smaller` exactly when `want`."""
+    pa, pb = [rng.randrange(10), rng.randrange(10)], [rng.randrange(10), rng.randrange(10)]
+    while pa[axis] == pb[axis] or ((pa[axis] < pb[axis]) == first_smaller) != want:
+        pa[axis], pb[axis] = rng.randrange(10), rng.randrange(10)
+    return pa, pb
+
+
 def decide(rng: random.Random) -> tuple[str, str, bool, str, int]:
     """The decision step of make_shapes.py's reasoned answers, in text: the question as the 2D
     tables ask it (the engine's templates), the answer "The {a} is at column C, row R, the {b} at
     column C, row R: yes." with random places, trained on the decision only (see encode)."""
-    a, b = "x", "x"
-    while a == b:
-        a, b = (f"{rng.choice(COLOUR_NAMES)} {rng.choice(SHAPES)}" for _ in range(2))
+    a, b = two_names(rng, SHAPES)
     words = ["left", "right", "above", "below"]
     rel = rng.choices(words, relation_weights(words))[0]
     axis, first_smaller = (0 if rel in ("left", "right") else 1), rel in ("left", "above")
     want = rng.random() < 0.5
-    pa, pb = [rng.randrange(10), rng.randrange(10)], [rng.randrange(10), rng.randrange(10)]
-    while pa[axis] == pb[axis] or ((pa[axis] < pb[axis]) == first_smaller) != want:
-        pa[axis], pb[axis] = rng.randrange(10), rng.randrange(10)
+    pa, pb = two_places(rng, axis, first_smaller, want)
     f = {"a": a, "b": b, "rel": TEMPLATES.REL_PHRASE[rel], "opp": TEMPLATES.REL_PHRASE[OPP[rel]]}
     q = rng.choice(TEMPLATES.YESNO_QUESTIONS).format(**f)
     reply = f"The {a} is at column {pa[0]}, row {pa[1]}, the {b} at column {pb[0]}, row {pb[1]}: {'yes' if want else 'no'}."
@@ -84,37 +96,33 @@ def decide(rng: random.Random) -> tuple[str, str, bool, str, int]:
 def drill(rng: random.Random, answer: str) -> tuple[str, str, bool, str, int]:
     """(prompt, answer, truth, relation, |difference| of the compared digits)."""
     if TASK == "bare":
-        return bare(rng, answer)
+        return bare(rng)
     if answer == "decide":
         return decide(rng)
-    a, b = "x", "x"
-    while a == b:
-        a, b = (f"{rng.choice(COLOUR_NAMES)} {rng.choice(KINDS)}" for _ in range(2))
+    a, b = two_names(rng, KINDS)
     rel = rng.choices(sorted(RELATIONS), relation_weights(sorted(RELATIONS)))[0]
     axis, first_smaller = RELATIONS[rel]
     want = rng.random() < 0.5
-    pa, pb = [rng.randrange(10), rng.randrange(10)], [rng.randrange(10), rng.randrange(10)]
-    while pa[axis] == pb[axis] or ((pa[axis] < pb[axis]) == first_smaller) != want:
-        pa[axis], pb[axis] = rng.randrange(10), rng.randrange(10)
+    pa, pb = two_places(rng, axis, first_smaller, want)
     places = f"The {a} is at column {pa[0]}, row {pa[1]}, the {b} at column {pb[0]}, row {pb[1]}"
     decision = "yes" if want else "no"
     reply = decision if answer == "short" else f"{places}: {decision}."
     return f"{places}. Is the {a} {rel} the {b}?", reply, want, rel, abs(pa[axis] - pb[axis])
 
 
-def encode(tok: Tokenizer, prompt: str, reply: str) -> tuple[list[int], list[int]]:
+def encode(tok: Tokenizer, prompt: str, reply: str, answer: str) -> tuple[list[int], list[int]]:
     """Ids and labels (the reply's; for "decide" replies only from the decision on: the places it
     states are random here, and in the image tables they come from the image)."""
     p = tok.encode(f"<|user|>\n{prompt}<|end|>\n<|assistant|>\n", add_special_tokens=False).ids
     r = tok.encode(f"{reply}<|end|>", add_special_tokens=False).ids
     labels = list(r)
-    if ANSWER == "decide":
+    if answer == "decide":
         labels[:len(r) - 3] = [-100] * (len(r) - 3)  # keep "▁yes|▁no", ".", "<|end|>"
     return [1] + p + r, [-100] * (1 + len(p)) + labels
 
 
 def batch(tok, rng, n, answer):
-    ids, labels = zip(*(encode(tok, *drill(rng, answer)[:2]) for _ in range(n)))
+    ids, labels = zip(*(encode(tok, *drill(rng, answer)[:2], answer) for _ in range(n)))
     L = max(map(len, ids))
     x = torch.full((n, L), 32000)
     y = torch.full((n, L), -100)
@@ -148,7 +156,7 @@ def evaluate(model, tok, answer, n=1000, seed=12345):
         rows = [drill(rng, answer) for _ in range(100)]
         seqs = []
         for prompt, reply, *_ in rows:
-            ids, _ = encode(tok, prompt, reply)
+            ids, _ = encode(tok, prompt, reply, answer)
             seqs.append(ids[:len(ids) - (2 if answer == "short" else 3)])  # up to the token before "▁yes|▁no"
         L = max(map(len, seqs))
         x = torch.full((len(seqs), L), 32000)
@@ -184,8 +192,8 @@ def main():
     ap.add_argument("--schedule", choices=["balanced", "skewed", "curriculum"], default="balanced",
                     help="how often each relation word is drawn in training (see relation_weights)")
     args = ap.parse_args()
-    global TASK, ANSWER
-    TASK, ANSWER = args.task, args.answer
+    global TASK
+    TASK = args.task
     SCHEDULE["kind"] = args.schedule
     if args.threads:
         torch.set_num_threads(args.threads)

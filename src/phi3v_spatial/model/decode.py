@@ -41,9 +41,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import gemv
 from .cache import KVCache
-from .gemv import native_gemv, native_gemv_available
+from .gemv import native_gemv, native_gemv_available, usable as native_gemv_usable
 from .language import Phi3RMSNorm
 from .rope import rope_cos_sin, rope_inv_freq
 
@@ -208,7 +207,7 @@ def _bind_linear(w, fast: bool, pack: bool = False):
     if not isinstance(w, torch.Tensor):
         return w
     if fast and w.dtype == torch.float32 and w.dim() == 2 and w.numel() >= _ONEDNN_MIN_WEIGHT:
-        one_row = native_gemv if gemv.usable(w) and native_gemv_available() else onednn_linear
+        one_row = native_gemv if native_gemv_usable(w) and native_gemv_available() else onednn_linear
 
         def linear(x: torch.Tensor) -> torch.Tensor:
             rows = x.numel() // x.shape[-1]

@@ -99,8 +99,9 @@ def _load():
     if not path.is_file():
         _build(path)
     lib = ctypes.CDLL(str(path))
-    if _openmp_runtimes() != before:
-        raise RuntimeError(f"the kernel brought a second OpenMP runtime ({sorted(_openmp_runtimes() - before)})")
+    after = _openmp_runtimes()
+    if after != before:
+        raise RuntimeError(f"the kernel brought a second OpenMP runtime ({sorted(after - before)})")
     fn = lib.phi3v_gemv_f32
     fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3 + [ctypes.c_int, ctypes.c_int64]
     fn.restype = None
