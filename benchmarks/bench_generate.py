@@ -110,12 +110,12 @@ def worker(cfg: dict) -> dict:
 
         out["weight_bytes_per_token"] = decode_weight_bytes(model)
         out["matmuls_only_gbs"] = matmuls_only_gbs(model, torch)
-        saved, decode.native_gemv_available = decode.native_gemv_available, lambda: False
+        saved, decode.native_available = decode.native_available, lambda: False
         try:  # the same matmuls through oneDNN, for comparison in the same moment
             out["matmuls_only_onednn_gbs"] = matmuls_only_gbs(model, torch)
         finally:
-            decode.native_gemv_available = saved
-        out["one_row_kernel"] = ("compiled GEMV (model/gemv.py)" if decode.native_gemv_available() else "oneDNN") if (
+            decode.native_available = saved
+        out["one_row_kernel"] = ("compiled GEMV (model/native.py)" if decode.native_available() else "oneDNN") if (
             decode.use_onednn(model)) else "BLAS"
         out["memory_bandwidth_gbs"] = memory_bandwidth(torch)
         out["interleaved"] = interleaved_pairs(torch, model, ids, mask, pv, sizes, params, processor.tokenizer, out["weight_bytes_per_token"])

@@ -248,6 +248,7 @@ def test_onednn_decode_matches_the_blas_fallback(monkeypatch):
     assert any(w.is_contiguous() for w in linears) and not all(w.is_contiguous() for w in linears)
     with monkeypatch.context() as m:
         m.setattr(decode, "_SDPA_MIN_KEYS", 0)  # the fused attention with GQA and a padded row
+        m.setattr(decode, "attend_usable", lambda *a: False)  # (rather than the compiled kernel)
         fused = generate(fast, ids, mask, params=GREEDY12, return_step_logits=True)
     assert fused.tokens == a.tokens
     assert max((x - y).abs().max() for x, y in zip(fused.step_logits, a.step_logits)) <= 1e-4
@@ -264,14 +265,14 @@ def test_onednn_decode_matches_the_blas_fallback(monkeypatch):
 
 
 def test_native_gemv_decode_matches_onednn(monkeypatch):
-    """At batch 1 the large float32 CPU weights are multiplied by the compiled GEMV (model/gemv.py)
+    """At batch 1 the large float32 CPU weights are multiplied by the compiled GEMV (model/native.py)
     where it builds: equal to F.linear to float32 rounding (row tails, blocks, strided rows), and a
     batch-1 generation through it gives oneDNN's tokens and logits (1e-4), both == uncached."""
-    from phi3v_spatial.model import decode, gemv
+    from phi3v_spatial.model import decode, native as gemv
     from phi3v_spatial.random_init import random_config, random_model
 
-    if not gemv.native_gemv_available():
-        pytest.skip(f"compiled GEMV unavailable here: {gemv._STATE.get('error')}")
+    if not gemv.native_available():
+        pytest.skip(f"compiled kernels unavailable here: {gemv._STATE.get('error')}")
     g = torch.Generator().manual_seed(0)
     for n, k in ((1, 1), (3, 63), (129, 64), (257, 1000), (64, 3072)):
         w, x = torch.randn(n, k + 5, generator=g)[:, :k], torch.randn(1, 1, k, generator=g)  # rows 5 floats apart
@@ -287,13 +288,33 @@ def test_native_gemv_decode_matches_onednn(monkeypatch):
     monkeypatch.setattr(decode, "native_gemv", lambda x, w: calls.append(1) or gemv.native_gemv(x, w))
     native = generate(model, ids, mask, params=GREEDY12, return_step_logits=True)
     assert len(calls) >= 12 * 5  # every large weight (qkv, gate_up, down, lm_head...) of every step
-    monkeypatch.setattr(decode, "native_gemv_available", lambda: False)
+    monkeypatch.setattr(decode, "native_available", lambda: False)
     onednn = generate(model, ids, mask, params=GREEDY12, return_step_logits=True)
     assert native.tokens == onednn.tokens
     for t in (0, 6, 11):
         assert (native.step_logits[t] - onednn.step_logits[t]).abs().max() <= 1e-4
         expected = uncached_logits(model, ids, mask, {}, [row[:t] for row in native.tokens])
         assert (native.step_logits[t] - expected).abs().max() <= 1e-4
+
+
+def test_native_attention_kernel_matches_torch():
+    """The compiled single-query attention (model/native.py, kernels/attend.c) == softmax(q k^T) v in
+    torch: GQA groups, padding bias, strided cache slices, odd sizes, batch rows."""
+    from phi3v_spatial.model import native
+
+    if not native.native_available():
+        pytest.skip(f"compiled kernels unavailable here: {native._STATE.get('error')}")
+    g = torch.Generator().manual_seed(0)
+    for B, H, KVH, S, d in ((1, 32, 32, 775, 96), (3, 8, 2, 129, 64), (2, 6, 3, 1, 17), (1, 4, 1, 4100, 32)):
+        kc, vc = torch.randn(B, KVH, S + 9, d, generator=g), torch.randn(B, KVH, S + 9, d, generator=g)
+        k, v = kc[:, :, 4 : S + 4], vc[:, :, 2 : S + 2]  # cache slices: rows S + 9 apart, not contiguous
+        q = torch.randn(B, H + 2 * KVH, d, generator=g)[:, :H]  # the q heads of a fused qkv row
+        bias = torch.zeros(B, 1, 1, S + 9)
+        bias[-1, ..., : S // 2] = torch.finfo(torch.float32).min  # a left-padded row
+        for bb in (None, bias[..., 3 : S + 3]):
+            assert native.attend_usable(q, k, v, bb)
+            got = native.native_attend_one(q, k, v, bb, d**-0.5)
+            torch.testing.assert_close(got, native.attend_reference(q, k, v, bb, d**-0.5), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["m_batch2_image", "m_text_cross"])
@@ -303,6 +324,7 @@ def test_fused_sdpa_decode_attention_equals_uncached_forward(model, reference_di
     from phi3v_spatial.model import decode
 
     _, z, ids, mask, images = gen_inputs(reference_dir, manifest, name)
+    monkeypatch.setattr(decode, "attend_usable", lambda *a: False)  # torch's paths, not the compiled kernel
     matmuls = generate(model, ids, mask, params=GREEDY12, return_step_logits=True, **images)
     monkeypatch.setattr(decode, "_SDPA_MIN_KEYS", 0)
     fused = generate(model, ids, mask, params=GREEDY12, return_step_logits=True, **images)

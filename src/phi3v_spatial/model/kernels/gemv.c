@@ -1,13 +1,19 @@
 /* One-row float32 GEMV for the CPU decode step: y[n] = sum_k W[n, k] * x[k], W row-major (ldw floats
- * between rows, unit stride within a row). Compiled on first use by model/gemv.py.
+ * between rows, unit stride within a row). Compiled on first use by model/native.py.
  *
  * Why by hand: at batch 1 the decode step of a large model is a stream over its weights, and the GEMV
  * kernels torch reaches (oneDNN, OpenBLAS, MKL) read a one-row product's weights markedly slower than a
- * plain sum reads memory on this project's machine. This kernel reads each weight row once, front to
- * back, as one sequential stream per thread (rows split in contiguous blocks between the threads),
- * with four independent 16-lane accumulators and a software prefetch `prefetch` floats ahead.
+ * plain sum reads memory on this project's machine. Each thread takes a contiguous block of rows and
+ * reads four of them at a time, one from each quarter of its block: four sequential streams far
+ * apart, which keep more cache-line fills in flight than one (measured on the project's 2-core Zen 4
+ * VM, interleaved in one process: ~25% faster than one stream per thread, ~10% faster than two, and
+ * faster than a plain one-stream sum of the same memory). Each row is read front to back with a
+ * 16-lane accumulator and a software
+ * prefetch `prefetch` floats ahead into the outer cache levels (locality 1: on x86 prefetcht2, which
+ * Zen fills into L2, leaving L1 to the vector x; faster there than prefetching into L1).
  * Portable GNU C (vector extensions; the compiler maps them onto the machine's SIMD width) with
- * OpenMP, which resolves to the libgomp that torch has already loaded (model/gemv.py checks that). */
+ * OpenMP, which resolves to the libgomp that torch has already loaded (model/native.py checks that). */
+#include <omp.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -19,29 +25,46 @@ static inline v16 load16(const float *p) {
     return v;
 }
 
+static inline float hsum(v16 a) {
+    float s = 0.f;
+    for (int i = 0; i < 16; i++) s += a[i];
+    return s;
+}
+
+/* y[j] = w[j] . x for four rows read side by side (a prefetch never faults, past the end included) */
+static inline void four_rows(const float *const w[4], const float *x, int64_t K, int64_t prefetch, float *const y[4]) {
+    v16 a[4] = {{0}, {0}, {0}, {0}};
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16) {
+        if (prefetch)
+            for (int j = 0; j < 4; j++) __builtin_prefetch(w[j] + k + prefetch, 0, 1);
+        const v16 xk = load16(x + k);
+        for (int j = 0; j < 4; j++) a[j] += load16(w[j] + k) * xk;
+    }
+    for (int j = 0; j < 4; j++) {
+        float s = hsum(a[j]);
+        for (int64_t i = k; i < K; i++) s += w[j][i] * x[i];
+        *y[j] = s;
+    }
+}
+
 void phi3v_gemv_f32(const float *W, const float *x, float *y, int64_t N, int64_t K, int64_t ldw,
                     int nthreads, int64_t prefetch) {
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
-    for (int64_t n = 0; n < N; n++) {
-        const float *w = W + n * ldw;
-        v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-        int64_t k = 0;
-        for (; k + 64 <= K; k += 64) {
-            if (prefetch) { /* a prefetch never faults, past the end included */
-                __builtin_prefetch(w + k + prefetch, 0, 3);
-                __builtin_prefetch(w + k + prefetch + 16, 0, 3);
-                __builtin_prefetch(w + k + prefetch + 32, 0, 3);
-                __builtin_prefetch(w + k + prefetch + 48, 0, 3);
-            }
-            a0 += load16(w + k) * load16(x + k);
-            a1 += load16(w + k + 16) * load16(x + k + 16);
-            a2 += load16(w + k + 32) * load16(x + k + 32);
-            a3 += load16(w + k + 48) * load16(x + k + 48);
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+        const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
+        const int64_t lo = N * id / nt, hi = N * (id + 1) / nt, q = (hi - lo) / 4;
+        for (int64_t i = 0; i < q; i++) { /* row i of each quarter of the block */
+            const float *w[4] = {W + (lo + i) * ldw, W + (lo + q + i) * ldw, W + (lo + 2 * q + i) * ldw,
+                                 W + (lo + 3 * q + i) * ldw};
+            float *out[4] = {y + lo + i, y + lo + q + i, y + lo + 2 * q + i, y + lo + 3 * q + i};
+            four_rows(w, x, K, prefetch, out);
         }
-        v16 a = (a0 + a1) + (a2 + a3);
-        float s = 0.f;
-        for (int i = 0; i < 16; i++) s += a[i];
-        for (; k < K; k++) s += w[k] * x[k];
-        y[n] = s;
+        for (int64_t n = lo + 4 * q; n < hi; n++) { /* the block's last 0-3 rows, one at a time */
+            float unused[3];
+            const float *w[4] = {W + n * ldw, W + n * ldw, W + n * ldw, W + n * ldw};
+            float *out[4] = {y + n, unused, unused + 1, unused + 2};
+            four_rows(w, x, K, prefetch, out);
+        }
     }
 }
