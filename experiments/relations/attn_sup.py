@@ -30,7 +30,7 @@ from phi3v_spatial.processing import Phi3VProcessor
 from phi3v_spatial.train.collator import Collator, StackedLabels, pad_batch
 from phi3v_spatial.train.data import load_table
 from phi3v_spatial.train.loop import LossModule
-from phi3v_spatial.train.mask_aux import MaskAuxHeads, _vocab, token_labels
+from phi3v_spatial.train.mask_aux import EngineMaskLabels, MaskAuxHeads, _vocab, token_labels
 from phi3v_spatial.train.position_aux import PositionAuxHeads, PositionLabels
 
 from make_shapes import relation_of
@@ -130,6 +130,8 @@ def main():
                     help='on "cot" rows also pull the heads, at the tokens that predict the decision, onto the two '
                          "digits it compares (the columns for left/right, the rows for above/below)")
     ap.add_argument("--mask-heads", help="colour/kind heads to start from (a previous run's mask_aux_heads.safetensors)")
+    ap.add_argument("--engine-masks", action="store_true",
+                    help="colour/kind labels from the data engine's masks (tables of engine_table.py) instead of the boxes")
     a = ap.parse_args()
     torch.set_num_threads(2)
     torch.manual_seed(a.seed)
@@ -157,6 +159,7 @@ def main():
     digits = {processor.tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)}
     colon = processor.tokenizer.convert_tokens_to_ids(":")
     colour_labels = {}
+    engine_labels = EngineMaskLabels(crops, order)
     params = list(model.parameters()) + [p for h in aux.values() for p in h.parameters()]
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, a.steps) / a.steps)))
@@ -172,7 +175,8 @@ def main():
             for b, i in enumerate(idx):
                 image = rows[i]["image"]
                 if image not in colour_labels:  # the image's labels, made once
-                    colour_labels[image] = shape_labels(by_image[image], crops, order)
+                    colour_labels[image] = (engine_labels(samples[i]["images"][0]) if a.engine_masks
+                                            else shape_labels(by_image[image], crops, order))
                 extra = colour_labels[image]
                 enc[b]["image_token_labels"] = torch.cat([enc[b]["image_token_labels"], extra], dim=1)
         batch = pad_batch(enc, collator.pad_id)
