@@ -93,6 +93,8 @@ def query_positions(row: dict, labels: list, digits: set) -> list[tuple[int, int
     answer = [t for t in range(1, len(labels)) if labels[t] != -100]
     if row.get("drill"):  # the places come from the question's text, not from the image
         return []
+    if row.get("size_cot"):  # "The {a} is 3 wide, the {b} 2 wide": one digit per named object
+        return [(t - 1, min(j, 1)) for j, t in enumerate(t for t in answer if labels[t] in digits)]
     if row.get("cot"):
         return [(t - 1, int(j >= 2)) for j, t in enumerate(t for t in answer if labels[t] in digits)]
     if "named" in row:
@@ -106,8 +108,10 @@ def decision_to_digits(row: dict, labels: list, digits: set, colon: int) -> tupl
     the last colon)."""
     answer = [t for t in range(1, len(labels)) if labels[t] != -100]
     placed = [t for t in answer if labels[t] in digits]
-    _, axis = relation_of(row["question"])
     last_colon = max(t for t in answer if labels[t] == colon)
+    if row.get("size_cot"):  # the two sizes
+        return torch.tensor(placed[:2]), [t - 1 for t in answer if t > last_colon][:2]
+    _, axis = relation_of(row["question"])
     return torch.tensor([placed[axis], placed[2 + axis]]), [t - 1 for t in answer if t > last_colon][:2]
 
 

@@ -26,6 +26,16 @@ from phi3v_spatial.spatial.generate import well_seen
 from phi3v_spatial.spatial.scene import load_scene
 
 AXIS = {"left": (0, True), "right": (0, False), "above": (1, True), "below": (1, False)}
+# size relations (--sizes): the apparent size of the visible box in 16-pixel steps (0-9), the answer
+# "The {a} is 3 wide, the {b} 2 wide: yes."; relation -> (measure, the first is larger when true)
+SIZE = {"wider": ("wide", True), "thinner": ("wide", False), "taller": ("tall", True), "shorter": ("tall", False),
+        "bigger": ("big", True), "smaller": ("big", False)}
+SIZE_STEP = 16
+
+
+def measure(box, what: str) -> int:
+    w, h = box[2], box[3]
+    return min(9, int({"wide": w, "tall": h, "big": (w * h) ** 0.5}[what] / SIZE_STEP))
 
 
 def place(box, W, H) -> tuple[int, int]:
@@ -40,9 +50,11 @@ def main():
     ap.add_argument("--relations", default="left,right,above,below")
     ap.add_argument("--point-share", type=float, default=0.25)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sizes", default="", help="size relations to answer with apparent sizes too (e.g. wider,thinner)")
     a = ap.parse_args()
     root = Path(a.engine)
-    wanted = set(a.relations.split(","))
+    sizes = set(filter(None, a.sizes.split(",")))
+    wanted = set(a.relations.split(",")) | sizes
     rng = random.Random(a.seed)
     scenes, rows, kept, dropped = {}, [], {}, {}
     samples = [decode_sample(line) for f in sorted((root / "data").glob("*.jsonl")) for line in open(f)]
@@ -72,9 +84,21 @@ def main():
         if m["subject"] not in by_name or m["object"] not in by_name:
             dropped["not well seen"] = dropped.get("not well seen", 0) + 1
             continue
+        truth = bool(s["answer"]["value"])
+        if rel in SIZE:
+            what, first_larger = SIZE[rel]
+            va, vb = (measure(by_name[n]["box"], what) for n in (m["subject"], m["object"]))
+            if va == vb or ((va > vb) == first_larger) != truth:
+                dropped["sizes do not decide"] = dropped.get("sizes do not decide", 0) + 1
+                continue
+            answer = f"The {m['subject']} is {va} {what}, the {m['object']} {vb} {what}: {'yes' if truth else 'no'}."
+            rows.append({"image": image, "question": s["messages"][-2]["content"].replace("<|image_1|>", "").strip(),
+                         "answer": answer, "kind": "yesno", "truth": truth, "named": [m["subject"], m["object"]],
+                         "cot": True, "size_cot": True, "relation": rel})
+            kept[rel] = kept.get(rel, 0) + 1
+            continue
         pa, pb = by_name[m["subject"]]["place"], by_name[m["object"]]["place"]
         axis, first_smaller = AXIS[rel]
-        truth = bool(s["answer"]["value"])
         if pa[axis] == pb[axis] or ((pa[axis] < pb[axis]) == first_smaller) != truth:
             dropped["places do not decide"] = dropped.get("places do not decide", 0) + 1
             continue
