@@ -192,4 +192,4 @@ def native_attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: t
 def attend_usable(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """Whether `native_attend_one` can read these tensors as they are stored."""
     return all(t.dtype == torch.float32 and t.device.type == "cpu" and t.stride(-1) == 1 for t in (q, k, v)) and (
-        bias is None or (bias.dtype == torch.float32 and bias.shape[1] == bias.shape[2] == 1))
+        bias is None or (bias.dtype == torch.float32 and bias.dim() == 4 and bias.shape[:3] == (q.shape[0], 1, 1)))
