@@ -53,65 +53,52 @@ def main():
     ap.add_argument("--sizes", default="", help="size relations to answer with apparent sizes too (e.g. wider,thinner)")
     a = ap.parse_args()
     root = Path(a.engine)
-    sizes = set(filter(None, a.sizes.split(",")))
-    wanted = set(a.relations.split(",")) | sizes
+    wanted = set(a.relations.split(",")) | set(filter(None, a.sizes.split(",")))
     rng = random.Random(a.seed)
-    scenes, rows, kept, dropped = {}, [], {}, {}
+    scenes, rows, kept, dropped = {}, [], {}, {}  # scenes: image -> (its well-seen objects, [W, H])
     samples = [decode_sample(line) for f in sorted((root / "data").glob("*.jsonl")) for line in open(f)]
     for s in samples:
-        if s.get("task") != "relation_yesno":
+        if s.get("task") != "relation_yesno" or s["meta"]["relation"] not in wanted:
             continue
-        rel = s["meta"]["relation"]
-        if rel not in wanted:
-            continue
-        if s["scene"] not in scenes:
+        rel, image, m = s["meta"]["relation"], s["image"], s["meta"]
+        if image not in scenes:
             sc = load_scene(root / s["scene"])
             W, H = sc.camera.width, sc.camera.height
-            objs = [o for o in sc.objects if well_seen(o, sc.camera) and o.bbox_2d_visible]
-            shapes = [{"name": o.name, "box": [o.bbox_2d_visible[0], o.bbox_2d_visible[1],
-                                               o.bbox_2d_visible[2] - o.bbox_2d_visible[0],
-                                               o.bbox_2d_visible[3] - o.bbox_2d_visible[1]],
-                       "place": place(o.bbox_2d_visible, W, H)} for o in objs]
-            scenes[s["scene"]] = (shapes, [W, H], s["image"])
+            shapes = [{"name": o.name, "box": [x0, y0, x1 - x0, y1 - y0], "place": place((x0, y0, x1, y1), W, H)}
+                      for o in sc.objects if well_seen(o, sc.camera) and o.bbox_2d_visible
+                      for x0, y0, x1, y1 in [o.bbox_2d_visible]]
+            scenes[image] = (shapes, [W, H])
             for o in shapes:
                 if rng.random() < a.point_share:
-                    rows.append({"image": s["image"], "question": f"Where is the {o['name']}? Answer with its column and row, 0 to 9.",
+                    rows.append({"image": image, "question": f"Where is the {o['name']}? Answer with its column and row, 0 to 9.",
                                  "answer": "Column {}, row {}.".format(*o["place"]), "kind": "point", "truth": list(o["place"]),
-                                 "box": o["box"], "size": [W, H]})
-        shapes, size, image = scenes[s["scene"]]
-        by_name = {o["name"]: o for o in shapes}
-        m = s["meta"]
+                                 "box": o["box"]})
+        by_name = {o["name"]: o for o in scenes[image][0]}
         if m["subject"] not in by_name or m["object"] not in by_name:
             dropped["not well seen"] = dropped.get("not well seen", 0) + 1
             continue
+        a_, b_ = by_name[m["subject"]], by_name[m["object"]]
         truth = bool(s["answer"]["value"])
+        decision = "yes" if truth else "no"
         if rel in SIZE:
             what, first_larger = SIZE[rel]
-            va, vb = (measure(by_name[n]["box"], what) for n in (m["subject"], m["object"]))
-            if va == vb or ((va > vb) == first_larger) != truth:
-                dropped["sizes do not decide"] = dropped.get("sizes do not decide", 0) + 1
-                continue
-            answer = f"The {m['subject']} is {va} {what}, the {m['object']} {vb} {what}: {'yes' if truth else 'no'}."
-            rows.append({"image": image, "question": s["messages"][-2]["content"].replace("<|image_1|>", "").strip(),
-                         "answer": answer, "kind": "yesno", "truth": truth, "named": [m["subject"], m["object"]],
-                         "cot": True, "size_cot": True, "relation": rel})
-            kept[rel] = kept.get(rel, 0) + 1
+            va, vb = measure(a_["box"], what), measure(b_["box"], what)
+            decides = va != vb and ((va > vb) == first_larger) == truth
+            answer, extra, why = f"The {m['subject']} is {va} {what}, the {m['object']} {vb} {what}: {decision}.", {"size_cot": True}, "sizes"
+        else:
+            (pa, pb), (axis, first_smaller) = (a_["place"], b_["place"]), AXIS[rel]
+            decides = pa[axis] != pb[axis] and ((pa[axis] < pb[axis]) == first_smaller) == truth
+            answer = f"The {m['subject']} is at column {pa[0]}, row {pa[1]}, the {m['object']} at column {pb[0]}, row {pb[1]}: {decision}."
+            extra, why = {}, "places"
+        if not decides:
+            dropped[f"{why} do not decide"] = dropped.get(f"{why} do not decide", 0) + 1
             continue
-        pa, pb = by_name[m["subject"]]["place"], by_name[m["object"]]["place"]
-        axis, first_smaller = AXIS[rel]
-        if pa[axis] == pb[axis] or ((pa[axis] < pb[axis]) == first_smaller) != truth:
-            dropped["places do not decide"] = dropped.get("places do not decide", 0) + 1
-            continue
-        decision = "yes" if truth else "no"
-        answer = f"The {m['subject']} is at column {pa[0]}, row {pa[1]}, the {m['object']} at column {pb[0]}, row {pb[1]}: {decision}."
         rows.append({"image": image, "question": s["messages"][-2]["content"].replace("<|image_1|>", "").strip(),
                      "answer": answer, "kind": "yesno", "truth": truth, "named": [m["subject"], m["object"]], "cot": True,
-                     "relation": rel})
+                     **extra, "relation": rel})
         kept[rel] = kept.get(rel, 0) + 1
-    by_image = {image: (shapes, size) for shapes, size, image in scenes.values()}
     for r in rows:
-        shapes, size = by_image[r["image"]]
-        r["size"] = size
+        shapes, r["size"] = scenes[r["image"]]
         r["objects"] = [{"name": o["name"], "box": o["box"]} for o in shapes]
     rng.shuffle(rows)
     with open(a.out, "w") as f:

@@ -43,7 +43,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .cache import KVCache
-from .native import attend_usable, native_attend_one, native_available, native_gemv, usable as native_gemv_usable
+from .native import attend_reference, attend_usable, native_attend_one, native_available, native_gemv, usable as native_gemv_usable
 from .language import Phi3RMSNorm
 from .rope import rope_cos_sin, rope_inv_freq
 
@@ -253,11 +253,7 @@ def _attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.T
         mask = None if bias is None else bias.to(q.dtype)
         return F.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=mask, scale=scale,
                                               enable_gqa=H != KVH).view(B, H, d)
-    scores = torch.matmul(q.view(B, KVH, H // KVH, d), k.transpose(2, 3)) * scale  # (B, KVH, H/KVH, S)
-    if bias is not None:
-        scores = scores + bias  # (B, 1, 1, S) broadcasts over heads
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
-    return torch.matmul(probs, v).view(B, H, d)
+    return attend_reference(q, k, v, bias, scale)
 
 
 class DecodeStep:

@@ -134,14 +134,16 @@ def _gemv(fn, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 def attend_reference(q, k, v, bias, scale: float) -> torch.Tensor:
-    """What `native_attend_one` computes, in torch: q (B, H, d), k/v (B, KVH, S, d), bias None or
-    (B, 1, 1, S) additive -> (B, H, d)."""
+    """What `native_attend_one` computes, in torch (also the decode step's two-matmul path): q (B, H, d),
+    k/v (B, KVH, S, d), bias None or (B, 1, 1, S) additive -> (B, H, d). The query heads of a KV head
+    are the rows of one matmul (GQA without repeating keys); softmax in float32, as the eager path."""
     B, H, d = q.shape
     KVH = k.shape[1]
-    scores = torch.matmul(q.view(B, KVH, H // KVH, d), k.transpose(2, 3)) * scale
+    scores = torch.matmul(q.view(B, KVH, H // KVH, d), k.transpose(2, 3)) * scale  # (B, KVH, H/KVH, S)
     if bias is not None:
-        scores = scores + bias
-    return torch.matmul(torch.softmax(scores, dim=-1, dtype=torch.float32), v).view(B, H, d)
+        scores = scores + bias  # (B, 1, 1, S) broadcasts over heads
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
+    return torch.matmul(probs, v).view(B, H, d)
 
 
 def _attend(fn, q, k, v, bias, scale: float) -> torch.Tensor:
