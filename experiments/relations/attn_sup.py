@@ -10,6 +10,7 @@ On a relation row (two named shapes) the supervised heads alternate between the 
 named shape, at the tokens that predict the first two answer tokens (the yes/no or the choice); on a
 reasoned one ("cot", answers that give both shapes' places first) every supervised head attends to the
 shape whose column and row digits the token predicts.
+Rows marked "plain" (or with neither a box nor named shapes: `mix_table.py`) get the language loss only.
 This hands the decoder the step the plateau is about (finding the named shape among several);
 whether the digits follow is what the run shows. Saves OUT_DIR/model (a model folder) and
 OUT_DIR/metrics.jsonl (loss, attention loss, attention mass on the named shape).
@@ -82,7 +83,9 @@ def attention_targets(row: dict, by_image: dict) -> list[list]:
     if "named" in row:
         boxes = {o["name"]: o["box"] for o in shapes_of(by_image[row["image"]])}
         return [boxes[n] for n in row["named"]]
-    return [row["box"]]
+    if "box" in row:
+        return [row["box"]]
+    return []  # a plain row (mix_table.py): the language loss only
 
 
 def query_positions(row: dict, labels: list, digits: set) -> list[tuple[int, int | None]]:
@@ -91,7 +94,7 @@ def query_positions(row: dict, labels: list, digits: set) -> list[tuple[int, int
     two shapes); the digits of a reasoned relation answer ("cot": the first two digits are the first
     named shape's column and row, role 0, the next two the second's, role 1)."""
     answer = [t for t in range(1, len(labels)) if labels[t] != -100]
-    if row.get("drill"):  # the places come from the question's text, not from the image
+    if row.get("drill") or row.get("plain"):  # places from the question's text / a plain row
         return []
     if row.get("size_cot"):  # "The {a} is 3 wide, the {b} 2 wide": one digit per named object
         return [(t - 1, min(j, 1)) for j, t in enumerate(t for t in answer if labels[t] in digits)]
@@ -211,7 +214,7 @@ def main():
                         lp = torch.logsumexp(logp[target], dim=0)
                         attn_losses.append(-lp)
                         masses.append(float(lp.detach().exp()))
-        attn = torch.stack(attn_losses).mean()
+        attn = torch.stack(attn_losses).mean() if attn_losses else lm.new_zeros(())
         loss = lm + a.weight * attn
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -219,7 +222,7 @@ def main():
         sched.step()
         opt.zero_grad(set_to_none=True)
         if step % 20 == 0 or step == a.steps:
-            rec = {"step": step, "loss": float(lm.detach()), "attn_loss": float(attn.detach()), "attn_mass": float(np.mean(masses)),
+            rec = {"step": step, "loss": float(lm.detach()), "attn_loss": float(attn.detach()), "attn_mass": float(np.mean(masses)) if masses else None,
                    "position_aux": module.last_aux.get("position"), "mask_aux": module.last_aux.get("mask")}
             log.write(json.dumps(rec) + "\n")
             log.flush()
