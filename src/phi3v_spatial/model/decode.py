@@ -21,7 +21,8 @@ path does only what one token needs and nothing the general forward does to be g
   row-major weights (no copy, no repacking);
 - for one row (batch 1), where available, a hand-written GEMV compiled on first use (`native.py`,
   `kernels/gemv.c`) instead of oneDNN: it streams the weights like a plain read of memory, where
-  oneDNN's one-row product falls behind in this machine's fast-memory phases;
+  oneDNN's one-row product falls behind in this machine's fast-memory phases; for 2-3 rows its
+  sibling (`native_gemm_rows`, each weight row read once for all rows): ~1.4x oneDNN at 2 rows;
 - for several rows (batched decoding), the same weights packed once into oneDNN's blocked layout
   for small row counts (`packed_weight`): 8-row steps stream them ~1.4-2x faster than the plain
   layout on this project's machine. The packed copies are extra memory (as much as the decoder's
@@ -43,7 +44,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .cache import KVCache
-from .native import attend_reference, attend_usable, native_attend_one, native_available, native_gemv, usable as native_gemv_usable
+from .native import (attend_reference, attend_usable, native_attend_one, native_available, native_gemm_rows, native_gemv,
+                     usable as native_gemv_usable)
 from .language import Phi3RMSNorm
 from .rope import rope_cos_sin, rope_inv_freq
 
@@ -76,6 +78,9 @@ _ONEDNN: bool | None = None
 # cost is higher: used for models of >= 64 MiB of decoder weights, and in them for weights >= 1 MiB
 _ONEDNN_MIN_MODEL = 64 << 20
 _ONEDNN_MIN_WEIGHT = 1 << 18
+# rows of a decode step that go to the compiled few-row kernel (native.py) rather than oneDNN: at 2 rows
+# it streams phi3-2l's weights ~1.4x faster than oneDNN, at 3 about as fast, from 4 oneDNN is as fast or faster
+_NATIVE_MAX_ROWS = 3
 
 
 def onednn_linear_available() -> bool:
@@ -203,17 +208,21 @@ def _plain_linear(m: nn.Module):
 
 def _bind_linear(w, fast: bool, pack: bool = False):
     """A callable x -> x @ w^T for one layer: for a plain float32 weight when `fast`, one row through
-    the compiled GEMV when it is available (native.py) else oneDNN, several rows through oneDNN (with
+    the compiled GEMV when it is available (native.py) else oneDNN, 2-3 rows through its few-row sibling
+    when available, more rows through oneDNN (with
     `pack`: its packed copy); else `F.linear`, else (a swapped-in module) the module itself."""
     if not isinstance(w, torch.Tensor):
         return w
     if fast and w.dtype == torch.float32 and w.dim() == 2 and w.numel() >= _ONEDNN_MIN_WEIGHT:
-        one_row = native_gemv if native_gemv_usable(w) and native_available() else onednn_linear
+        native = native_gemv_usable(w) and native_available()
+        one_row = native_gemv if native else onednn_linear
 
         def linear(x: torch.Tensor) -> torch.Tensor:
             rows = x.numel() // x.shape[-1]
             if rows == 1:
                 return one_row(x, w)
+            if native and rows <= _NATIVE_MAX_ROWS:
+                return native_gemm_rows(x, w)
             if not pack:
                 return onednn_linear(x, w)
             flat = x.reshape(rows, x.shape[-1])

@@ -4,8 +4,10 @@ At batch 1 a large model's decode step streams its weights once per token, and i
 the KV cache, so its speed is the rate at which those reads go. On this project's machine (2-core
 Zen 4 VM) the kernels torch reaches read both well below what a plain `sum` reads memory at:
 - the one-row GEMV (oneDNN ~25-33 GB/s where a sum reads 45-58 GB/s in the VM's fast phases):
-  `kernels/gemv.c` reads the weight rows front to back as two sequential streams per thread, and
-  in the same moments reads as fast as a sum;
+  `kernels/gemv.c` gives each thread a contiguous block of weight rows and reads them front to back
+  as four sequential streams, and in the same moments reads close to a sum (`native_gemv`); for the
+  2-3 rows of a small batch's step its sibling reads each weight row once for all rows
+  (`native_gemm_rows`, ~1.4x oneDNN's small-M product at 2 rows);
 - one query's attention as two batched matmuls over the transposed key view (~13 GB/s over a
   775-token cache): `kernels/attend.c` reads each cache head's keys then values once, front to back.
 (See the README's performance section for the measured numbers.)
@@ -16,7 +18,7 @@ The kernels are optional, never required:
   flags and the CPU), atomically, and loaded with ctypes;
 - they are used only on Linux, only when their OpenMP calls resolve to the libgomp torch has already
   loaded (one runtime, one thread pool; a second OpenMP runtime spinning beside torch's would
-  fight it for the cores), and only after they agree with torch on a probe;
+  fight it for the cores), and only after all three agree with torch on a probe;
 - `PHI3V_NATIVE_GEMV=0` turns them off; without a compiler, or on any failure, the decode step keeps
   torch's kernels (the failure is logged once at debug level).
 Results agree with torch to float32 rounding (the same products summed in another order).
@@ -108,6 +110,9 @@ def _load():
     gemv = lib.phi3v_gemv_f32
     gemv.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3 + [ctypes.c_int, ctypes.c_int64]
     gemv.restype = None
+    rows = lib.phi3v_gemm_rows_f32
+    rows.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 6 + [ctypes.c_int, ctypes.c_int64]
+    rows.restype = None
     attend = lib.phi3v_attend_one_f32
     attend.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 12 + [ctypes.c_float, ctypes.c_int]
     attend.restype = None
@@ -116,6 +121,10 @@ def _load():
         w, x = torch.randn(n, k, generator=g), torch.randn(1, k, generator=g)
         if not torch.allclose(_gemv(gemv, x, w), F.linear(x, w), rtol=1e-5, atol=1e-5):
             raise RuntimeError("the compiled GEMV disagrees with F.linear")
+    for m, n, k in ((2, 37, 300), (8, 9, 64), (3, 5, 7), (11, 33, 40)):  # odd blocks, tails, more than 8 rows
+        w, x = torch.randn(n, k, generator=g), torch.randn(m, k, generator=g)
+        if not torch.allclose(_gemm_rows(rows, x, w), F.linear(x, w), rtol=1e-5, atol=1e-5):
+            raise RuntimeError("the compiled few-row GEMM disagrees with F.linear")
     for b, h, kvh, s, d in ((2, 4, 2, 37, 16), (1, 3, 3, 5, 7)):  # GQA, odd sizes
         q, k, v = torch.randn(b, h, d, generator=g), torch.randn(b, kvh, s + 3, d, generator=g), torch.randn(b, kvh, s + 3, d, generator=g)
         bias = torch.zeros(b, 1, 1, s)
@@ -123,13 +132,22 @@ def _load():
         k, v = k[:, :, 2 : s + 2], v[:, :, 1 : s + 1]  # strided views, as cache slices are
         if not torch.allclose(_attend(attend, q, k, v, bias, 0.3), attend_reference(q, k, v, bias, 0.3), rtol=1e-5, atol=1e-5):
             raise RuntimeError("the compiled attention disagrees with torch")
-    return gemv, attend
+    return gemv, rows, attend
 
 
 def _gemv(fn, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     x = x.contiguous()
     y = torch.empty(*x.shape[:-1], w.shape[0], dtype=torch.float32)
     fn(w.data_ptr(), x.data_ptr(), y.data_ptr(), w.shape[0], w.shape[1], w.stride(0), torch.get_num_threads(), PREFETCH)
+    return y
+
+
+def _gemm_rows(fn, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    x = x.contiguous()
+    M = x.numel() // x.shape[-1]
+    y = torch.empty(*x.shape[:-1], w.shape[0], dtype=torch.float32)
+    fn(w.data_ptr(), x.data_ptr(), y.data_ptr(), w.shape[0], w.shape[1], w.stride(0), M, x.shape[-1], w.shape[0],
+       torch.get_num_threads(), PREFETCH)
     return y
 
 
@@ -166,7 +184,7 @@ def native_available() -> bool:
     """Whether the compiled kernels are loaded (compiling them on the first call; see the module doc)."""
     if not _STATE:
         try:
-            _STATE["gemv"], _STATE["attend"] = _load()
+            _STATE["gemv"], _STATE["rows"], _STATE["attend"] = _load()
         except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as e:
             _STATE["error"] = str(e)
             log.debug("compiled decode kernels unavailable, the decode step keeps torch's: %s", e)
@@ -179,8 +197,15 @@ def native_gemv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return _gemv(_STATE["gemv"], x, w)
 
 
+def native_gemm_rows(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """`F.linear(x, w)` for a few rows of x (shape (..., K); float32, CPU), each weight row read once for
+    up to 8 rows of x (more rows: a pass over the weights per 8). Same weights as `native_gemv`.
+    Call only after `native_available()`."""
+    return _gemm_rows(_STATE["rows"], x, w)
+
+
 def usable(w: torch.Tensor) -> bool:
-    """Whether `native_gemv` can read this weight as it is stored."""
+    """Whether `native_gemv` and `native_gemm_rows` can read this weight as it is stored."""
     return w.dtype == torch.float32 and w.device.type == "cpu" and w.dim() == 2 and w.stride(1) == 1
 
 
