@@ -185,6 +185,8 @@ def main():
                     colour_labels[image] = (engine_labels(samples[i]["images"][0]) if a.engine_masks
                                             else shape_labels(by_image[image], crops, order))
                 extra = colour_labels[image]
+                if extra is None:  # an image without engine masks (a derived view): no colour/kind labels
+                    extra = torch.full((enc[b]["image_token_labels"].shape[0], 2), -100, dtype=torch.long)
                 enc[b]["image_token_labels"] = torch.cat([enc[b]["image_token_labels"], extra], dim=1)
         batch = pad_batch(enc, collator.pad_id)
         CAPTURE["calls"] = 0

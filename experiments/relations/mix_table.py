@@ -2,12 +2,13 @@
 part of the package): the chain's model answers everything with places, so to keep its relations
 and get the other tasks back it trains on both at once.
 
-    python mix_table.py ENGINE_DIR CHAIN_TABLE OUT.jsonl [--repeat N] [--plain-repeat M] [--seed S]
+    python mix_table.py ENGINE_DIR CHAIN_TABLE OUT.jsonl [--repeat N] [--plain-repeat M] [--also DIR ...] [--seed S]
 
 Plain rows: every one-turn question of ENGINE_DIR (image-question-answer, marked "plain": the
 language loss only in attn_sup.py) except the relation yes/no questions about left/right/above/below,
 which the chain's table answers with reasons, and the robot tasks (multi-turn, not in the embedded
-model's tasks). The chain's rows are repeated N times, the plain rows M times. Image paths become absolute, so rows of two
+model's tasks). The chain's rows are repeated N times, the plain rows M times. `--also` adds the plain
+rows of more folders in the same format (the recipe's object-crop and zoomed-scene views, train/views.py). Image paths become absolute, so rows of two
 folders can share one table.
 """
 import argparse
@@ -25,7 +26,7 @@ def plain_rows(engine: Path) -> list[dict]:
             r = json.loads(line)
             if len(r["messages"]) != 2 or len(r["images"]) != 1:
                 continue
-            if r["task"] == "relation_yesno" and json.loads(r["meta"])["relation"] in PLACES:
+            if r["task"] == "relation_yesno" and json.loads(r.get("meta") or "{}").get("relation") in PLACES:
                 continue
             question = r["messages"][0]["content"].removeprefix("<|image_1|>\n")
             rows.append({"image": str((engine / r["images"][0]).resolve()), "question": question,
@@ -40,6 +41,7 @@ def main():
     ap.add_argument("out")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--plain-repeat", type=int, default=1)
+    ap.add_argument("--also", action="append", default=[], help="another engine-format folder's plain rows")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     table = Path(a.chain_table)
@@ -48,7 +50,7 @@ def main():
         r = json.loads(line)
         r["image"] = str((table.parent / r["image"]).resolve())
         chain.append(r)
-    plain = plain_rows(Path(a.engine)) * a.plain_repeat
+    plain = [r for d in [a.engine, *a.also] for r in plain_rows(Path(d))] * a.plain_repeat
     rows = plain + chain * a.repeat
     random.Random(a.seed).shuffle(rows)
     with open(a.out, "w") as f:
