@@ -31,7 +31,7 @@ from phi3v_spatial.processing import Phi3VProcessor
 from phi3v_spatial.train.collator import Collator, StackedLabels, pad_batch
 from phi3v_spatial.train.data import load_table
 from phi3v_spatial.train.loop import LossModule
-from phi3v_spatial.train.mask_aux import EngineMaskLabels, MaskAuxHeads, _vocab, token_labels
+from phi3v_spatial.train.mask_aux import IGNORE, EngineMaskLabels, MaskAuxHeads, _vocab, token_labels
 from phi3v_spatial.train.position_aux import PositionAuxHeads, PositionLabels
 
 from make_shapes import relation_of
@@ -186,7 +186,7 @@ def main():
                                             else shape_labels(by_image[image], crops, order))
                 extra = colour_labels[image]
                 if extra is None:  # an image without engine masks (a derived view): no colour/kind labels
-                    extra = torch.full((enc[b]["image_token_labels"].shape[0], 2), -100, dtype=torch.long)
+                    extra = torch.full((enc[b]["image_token_labels"].shape[0], 2), IGNORE, dtype=torch.long)
                 enc[b]["image_token_labels"] = torch.cat([enc[b]["image_token_labels"], extra], dim=1)
         batch = pad_batch(enc, collator.pad_id)
         CAPTURE["calls"] = 0

@@ -8,8 +8,8 @@ Plain rows: every one-turn question of ENGINE_DIR (image-question-answer, marked
 language loss only in attn_sup.py) except the relation yes/no questions about left/right/above/below,
 which the chain's table answers with reasons, and the robot tasks (multi-turn, not in the embedded
 model's tasks). The chain's rows are repeated N times, the plain rows M times. `--also` adds the plain
-rows of more folders in the same format (the recipe's object-crop and zoomed-scene views, train/views.py). Image paths become absolute, so rows of two
-folders can share one table.
+rows of more folders in the same format (the recipe's object-crop and zoomed-scene views,
+train/views.py). Image paths become absolute, so rows of several folders can share one table.
 """
 import argparse
 import json

@@ -208,9 +208,9 @@ def _plain_linear(m: nn.Module):
 
 def _bind_linear(w, fast: bool, pack: bool = False):
     """A callable x -> x @ w^T for one layer: for a plain float32 weight when `fast`, one row through
-    the compiled GEMV when it is available (native.py) else oneDNN, 2-3 rows through its few-row sibling
-    when available, more rows through oneDNN (with
-    `pack`: its packed copy); else `F.linear`, else (a swapped-in module) the module itself."""
+    the compiled GEMV when it is available (native.py) else oneDNN, 2-3 rows through its few-row
+    sibling when available, more rows through oneDNN (with `pack`: its packed copy); else `F.linear`,
+    else (a swapped-in module) the module itself."""
     if not isinstance(w, torch.Tensor):
         return w
     if fast and w.dtype == torch.float32 and w.dim() == 2 and w.numel() >= _ONEDNN_MIN_WEIGHT:

@@ -47,7 +47,7 @@ SOURCES = tuple(Path(__file__).with_name("kernels") / name for name in ("gemv.c"
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 PREFETCH = 512  # floats ahead of the row being read (2 KiB), into L2: measured best of 256-4096 (kernels/gemv.c)
 
-_STATE: dict = {}  # "gemv", "attend": the loaded functions, or "error": why there are none
+_STATE: dict = {}  # "gemv", "rows", "attend": the loaded functions, or "error": why there are none
 
 
 def _cpu_key() -> str:

@@ -1,5 +1,6 @@
 /* One-row float32 GEMV for the CPU decode step: y[n] = sum_k W[n, k] * x[k], W row-major (ldw floats
- * between rows, unit stride within a row); at the end, its sibling for 2-3 rows. Compiled on first use by model/native.py.
+ * between rows, unit stride within a row); at the end, its sibling for 2-3 rows. Compiled on first
+ * use by model/native.py.
  *
  * Why by hand: at batch 1 the decode step of a large model is a stream over its weights, and the GEMV
  * kernels torch reaches (oneDNN, OpenBLAS, MKL) read a one-row product's weights markedly slower than a
@@ -73,8 +74,8 @@ void phi3v_gemv_f32(const float *W, const float *x, float *y, int64_t N, int64_t
  * of X (ldx floats apart; Y rows ldy apart). Each weight row is read once for up to 8 rows of X: per
  * thread a contiguous block of weight rows, two at a time (one from each half of the block: two
  * streams), each loaded 16 floats at a time and multiplied into 2 x M accumulators. MB is a
- * compile-time row count (the switch below), so the loops over rows unroll. At 2-3 rows this reads the
- * weights ~1.5x faster than oneDNN's small-M GEMM here; from 4 rows oneDNN is as fast or faster
+ * compile-time row count (the switch below), so the loops over rows unroll. At 2 rows this reads the
+ * weights ~1.4x faster than oneDNN's small-M GEMM here, at 3 ~1.1x; from 4 rows oneDNN is as fast or faster
  * (the arithmetic, not the weight stream, bounds both), so the decode step uses it for 2-3 rows only. */
 static inline __attribute__((always_inline)) void two_rows_mb(const float *w0, const float *w1, const float *X,
                                                               int64_t ldx, int64_t K, int64_t prefetch,
