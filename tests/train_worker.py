@@ -1,6 +1,6 @@
 """A small training run in its own process, for the kill-and-resume and DDP tests.
 
-python tests/train_worker.py OUT CHECKPOINT [--kill-at STEP] [--method lora|full] [--steps N]
+python tests/train_worker.py OUT CHECKPOINT [--kill-at STEP] [--method lora|full] [--steps N] [--sharding fsdp]
 Under torchrun each process takes its share of the same global batch.
 """
 from __future__ import annotations
@@ -19,12 +19,12 @@ import torch  # noqa: E402
 from train_helpers import toy_samples  # noqa: E402
 
 
-def config(out, checkpoint, method="lora", steps=6, save_every=2, micro=1, batch=4):
+def config(out, checkpoint, method="lora", steps=6, save_every=2, micro=1, batch=4, sharding="none"):
     from phi3v_spatial.train.config import TrainConfig
 
     return TrainConfig(model=str(checkpoint), out=str(out), method=method, lr=1e-2 if method == "lora" else 1e-3,
                        max_steps=steps, batch_size=batch, micro_batch_size=micro, num_crops=1, save_every=save_every,
-                       warmup_steps=2, progress=False, lora_r=4, lora_alpha=8, seed=3)
+                       warmup_steps=2, progress=False, lora_r=4, lora_alpha=8, seed=3, sharding=sharding)
 
 
 def main():
@@ -37,6 +37,8 @@ def main():
     p.add_argument("--micro", type=int, default=1)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--images", action="store_true")
+    p.add_argument("--mixed", action="store_true", help="half the samples without an image")
+    p.add_argument("--sharding", default="none")
     a = p.parse_args()
     torch.set_num_threads(1)
     from phi3v_spatial.train.data import Source
@@ -46,11 +48,16 @@ def main():
         if a.kill_at is not None and step == a.kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    cfg = config(a.out, a.checkpoint, a.method, a.steps, micro=a.micro, batch=a.batch)
-    result = train(cfg, sources=[Source("toy", samples=toy_samples(8, images=a.images))], on_step=on_step)
+    cfg = config(a.out, a.checkpoint, a.method, a.steps, micro=a.micro, batch=a.batch, sharding=a.sharding)
+    samples = toy_samples(8, images=a.images or a.mixed)
+    if a.mixed:  # odd samples text-only: the processes' micro-batches differ in whether the vision tower runs
+        samples = [s if i % 2 == 0 else t for i, (s, t) in enumerate(zip(samples, toy_samples(8, images=False)))]
+    result = train(cfg, sources=[Source("toy", samples=samples)], on_step=on_step)
+    from phi3v_spatial.train.sharding import unshard_value
+
+    # every process gathers (sharded runs: a collective); rank 0 writes
+    params = {k: unshard_value(v.detach()).double().sum().item() for k, v in result["model"].named_parameters() if v.requires_grad}
     if int(os.environ.get("RANK", "0")) == 0:
-        model = result["model"]
-        params = {k: v.detach().double().sum().item() for k, v in model.named_parameters() if v.requires_grad}
         from accelerate import PartialState
 
         Path(a.out, "result.json").write_text(json.dumps({"losses": result["losses"], "params": params,

@@ -241,18 +241,19 @@ def _parse_size(size) -> int:
     return int(float(m.group(1)) * mult)
 
 
-def save_pretrained(model, out_dir, max_shard_size="5GB", copy_aux_from=None) -> None:
+def save_pretrained(model, out_dir, max_shard_size="5GB", copy_aux_from=None, state_dict=None) -> None:
     """Write config.json and safetensors shards (with an index when more than one), HF layout.
 
     Tied lm_head is not written twice. Tokenizer/preprocessor files are copied from the folder the
-    model was loaded from (or `copy_aux_from`) so the result is a complete checkpoint.
+    model was loaded from (or `copy_aux_from`) so the result is a complete checkpoint. `state_dict`
+    (the model's own key names) replaces the model's tensors, e.g. full tensors gathered from shards.
     """
     from safetensors.torch import save_file
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     limit = _parse_size(max_shard_size)
-    sd = model.state_dict()
+    sd = dict(model.state_dict() if state_dict is None else state_dict)
     if model.config.tie_word_embeddings:
         sd.pop("lm_head.weight", None)
     shards, current, size = [], {}, 0
@@ -280,7 +281,8 @@ def save_pretrained(model, out_dir, max_shard_size="5GB", copy_aux_from=None) ->
                 total += t.numel() * t.element_size()
         (out / SAFE_INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
     cfg = model.config.to_dict()
-    cfg["torch_dtype"] = str(model.dtype).removeprefix("torch.")
+    dtype = model.dtype if state_dict is None else sd[next(iter(sd))].dtype
+    cfg["torch_dtype"] = str(dtype).removeprefix("torch.")
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     src = copy_aux_from or getattr(model, "name_or_path", None)
     if src and Path(src).is_dir() and Path(src).resolve() != out.resolve():

@@ -3,7 +3,7 @@
     phi3v-spatial train --model DIR --data DIR[:prob] ... --method lora --out runs/x
     phi3v-spatial train --config train.yaml [--max-steps 10 ...]
     phi3v-spatial train --recipe tiny-spatial --out runs/tiny-spatial   (stages; --max-steps caps each)
-    accelerate launch -m phi3v_spatial.cli train ...   (DDP / FSDP / DeepSpeed)
+    accelerate launch -m phi3v_spatial.cli train ... [--sharding fsdp]   (DDP, or fully sharded)
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import argparse
 # flag -> TrainConfig field, for the flags that map one to one
 _FIELDS = ("out", "method", "lora_r", "lora_alpha", "lora_dropout", "lr", "lr_vision_scale", "mask_aux_weight", "position_aux_weight", "weight_decay", "warmup_steps", "max_steps",
            "batch_size", "micro_batch_size", "max_grad_norm", "precision", "seed", "max_length", "num_crops",
-           "save_every", "log_every", "report_to", "num_threads")
+           "save_every", "log_every", "report_to", "num_threads", "sharding")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,6 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-grad-norm", type=float)
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--gradient-checkpointing", action="store_true", default=None)
+    p.add_argument("--sharding", choices=["none", "fsdp"],
+                   help="with many processes: none = DDP (default), fsdp = fully sharded parameters, "
+                        "gradients and optimizer states")
     p.add_argument("--seed", type=int)
     p.add_argument("--max-length", type=int)
     p.add_argument("--num-crops", type=int)

@@ -288,7 +288,7 @@ class Phi3VForCausalLM(nn.Module):
             revision=revision, progress=progress,
         )
 
-    def save_pretrained(self, out_dir: str | Path, max_shard_size: int | str = "5GB", **ignored) -> None:
+    def save_pretrained(self, out_dir: str | Path, max_shard_size: int | str = "5GB", state_dict=None, **ignored) -> None:
         from ..weights import save_pretrained
 
-        save_pretrained(self, out_dir, max_shard_size=max_shard_size)
+        save_pretrained(self, out_dir, max_shard_size=max_shard_size, state_dict=state_dict)

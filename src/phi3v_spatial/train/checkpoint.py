@@ -1,6 +1,7 @@
 """Atomic, resumable training checkpoints.
 
-`OUT/checkpoint-<step>/` holds: `adapter/` (PEFT format) or `model/` (HF folder), `optimizer.pt`,
+`OUT/checkpoint-<step>/` holds: `adapter/` (PEFT format) or `model/` (HF folder), `optimizer.pt`
+(keyed by parameter index, or by parameter name when the run was sharded),
 `scheduler.pt`, `rng.pt` (python, numpy, torch CPU and CUDA generators) and `trainer_state.json`
 (step, data position, metrics so far). It is written to a temporary folder and renamed into place
 in one `os.replace`, so a run killed at any moment leaves either the previous checkpoint or the
@@ -52,8 +53,10 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(out_dir: str | Path, step: int, save_weights, optimizer, scheduler, state: dict, keep: int = 2) -> Path:
-    """Write checkpoint-<step> atomically. save_weights(folder) writes the adapter or the model."""
+def save_checkpoint(out_dir: str | Path, step: int, save_weights, optimizer_state: dict, scheduler, state: dict,
+                    keep: int = 2) -> Path:
+    """Write checkpoint-<step> atomically. save_weights(folder) writes the adapter or the model;
+    optimizer_state is the optimizer's state dict (train/sharding.py: gathered from the shards)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     final = out / f"checkpoint-{step}"
@@ -62,7 +65,7 @@ def save_checkpoint(out_dir: str | Path, step: int, save_weights, optimizer, sch
         shutil.rmtree(tmp)
     tmp.mkdir()
     save_weights(tmp)
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(optimizer_state, tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save(rng_state(), tmp / "rng.pt")
     (tmp / "trainer_state.json").write_text(json.dumps({**state, "step": step}, indent=1))
@@ -75,11 +78,12 @@ def save_checkpoint(out_dir: str | Path, step: int, save_weights, optimizer, sch
     return final
 
 
-def load_checkpoint(folder: str | Path, optimizer, scheduler) -> dict:
-    """Restore optimizer, scheduler and RNG states; return trainer_state (weights are the caller's)."""
+def load_checkpoint(folder: str | Path, load_optimizer, scheduler) -> dict:
+    """Restore optimizer (load_optimizer(state dict)), scheduler and RNG states; return trainer_state
+    (weights are the caller's)."""
     folder = Path(folder)
     try:
-        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
+        load_optimizer(torch.load(folder / "optimizer.pt", weights_only=False))
         scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
         set_rng_state(torch.load(folder / "rng.pt", weights_only=False))
         return json.loads((folder / "trainer_state.json").read_text())

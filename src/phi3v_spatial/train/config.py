@@ -40,6 +40,7 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast where the device supports it)
     gradient_checkpointing: bool = False
+    sharding: str = "none"  # none (DDP when launched on many processes) | fsdp (train/sharding.py)
     # data
     seed: int = 0
     max_length: int = 4096

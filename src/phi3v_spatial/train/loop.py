@@ -1,5 +1,6 @@
-"""The training loop: one entry point for a single CPU process and for `accelerate launch`
-(DDP, FSDP, DeepSpeed) on many GPUs and nodes.
+"""The training loop: one entry point for a single CPU process and for `accelerate launch` /
+`torchrun` on many processes, GPUs or nodes: DDP by default, fully sharded with `sharding: fsdp`
+(train/sharding.py; also what an accelerate FSDP config gets).
 
 Every process draws the same global batch of `batch_size` samples from the mixed stream (its
 position is the number of samples drawn), takes its contiguous share, and runs it in micro-batches
@@ -127,7 +128,16 @@ def _accelerator(cfg: TrainConfig):
         raise ConfigError(f"precision must be fp32, bf16 or fp16 (got {cfg.precision!r})")
     if precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("fp16 autocast needs a GPU; use --precision bf16 or fp32 on a CPU")
-    return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
+    from accelerate import DistributedDataParallelKwargs
+
+    # a process whose micro-batch has no image (or no auxiliary labels) leaves the vision side unused
+    # while the others train it: DDP must not wait for those gradients
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    acc = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp])
+    if "DEEPSPEED" in str(acc.distributed_type).upper():
+        raise ConfigError("this training loop does not run under DeepSpeed; for ZeRO-3-style sharding use "
+                          "--sharding fsdp (plain `accelerate launch` or torchrun)")
+    return acc
 
 
 class _Reporter:
@@ -187,8 +197,15 @@ def train(cfg: TrainConfig, model=None, processor=None, sources: list[Source] | 
     """
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    from . import sharding
+
+    sharding.check(cfg.sharding, cfg.method, cfg.precision)
     acc = _accelerator(cfg)
     world, rank = acc.num_processes, acc.process_index
+    sharded = cfg.sharding == "fsdp" or "FSDP" in str(acc.distributed_type).upper()
+    if sharded and cfg.sharding != "fsdp":
+        sharding.check("fsdp", cfg.method, cfg.precision)
+        log.info("accelerate's FSDP config: sharding with train/sharding.py (its FSDP options are not read)")
     if cfg.batch_size % (cfg.micro_batch_size * world):
         raise ConfigError(f"batch_size {cfg.batch_size} must be a multiple of micro_batch_size x processes "
                           f"({cfg.micro_batch_size} x {world})")
@@ -215,6 +232,17 @@ def train(cfg: TrainConfig, model=None, processor=None, sources: list[Source] | 
     if cfg.gradient_checkpointing:
         base.gradient_checkpointing_enable()
     n_train, n_total = trainable_parameters(trained)
+    ckpt = latest_checkpoint(out) if cfg.resume else None
+    if ckpt is not None:  # weights before sharding: every process reads the full tensors
+        _load_weights(ckpt, cfg.method, base, trained)
+        for name, heads in (aux_heads or {}).items():
+            if (ckpt / f"{name}_aux_heads.safetensors").is_file():
+                from safetensors.torch import load_file
+
+                heads.load_state_dict(load_file(str(ckpt / f"{name}_aux_heads.safetensors")))
+    loss_module = LossModule(base, aux_heads, aux_weights)
+    if sharded:  # parameters become shards (DTensors); the optimizer is built over those
+        sharding.shard(loss_module.to(acc.device), acc.device, world, cfg.precision)
     groups = param_groups(trained, cfg.lr, cfg.lr_vision_scale)
     if aux_heads is not None:  # the heads learn with the image side
         groups.append({"params": list(aux_heads.parameters()), "lr": cfg.lr * cfg.lr_vision_scale})
@@ -230,9 +258,15 @@ def train(cfg: TrainConfig, model=None, processor=None, sources: list[Source] | 
     aux_files = {f: (Path(src) / f).read_bytes() for f in AUX_FILES
                  if src and (Path(src) / f).is_file()} if cfg.method == "full" else {}
 
-    def save_weights(folder: Path) -> None:
+    def save_weights(folder: Path, full: dict | None = None) -> None:
+        """The model (or adapter) and training-only heads; `full`: the LossModule's state gathered
+        from the shards (sharded runs), else the modules' own tensors are written."""
+
+        def part(prefix: str) -> dict | None:
+            return None if full is None else {k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)}
+
         if cfg.method == "full":
-            acc.unwrap_model(loss_module).model.save_pretrained(folder / "model")
+            base.save_pretrained(folder / "model", state_dict=part("model."))
             for name, data in aux_files.items():
                 if not (folder / "model" / name).is_file():
                     (folder / "model" / name).write_bytes(data)
@@ -240,20 +274,24 @@ def train(cfg: TrainConfig, model=None, processor=None, sources: list[Source] | 
                 from safetensors.torch import save_file
 
                 for name, heads in aux_heads.items():
-                    save_file({k: v.contiguous() for k, v in heads.state_dict().items()}, str(folder / f"{name}_aux_heads.safetensors"))
-        else:
+                    tensors = part(f"aux_heads.{name}.") if full is not None else heads.state_dict()
+                    save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / f"{name}_aux_heads.safetensors"))
+        elif full is None:
             trained.save_pretrained(folder / "adapter")
+        else:  # PEFT's names are the base model's under base_model.model.
+            trained.save_pretrained(folder / "adapter", state_dict={f"base_model.model.{k}": v for k, v in part("model.").items()})
 
-    state = {"step": 0, "data_position": 0, "losses": [], "skipped": {}}
-    ckpt = latest_checkpoint(out) if cfg.resume else None
+    state = {"step": 0, "data_position": 0, "losses": [], "skipped": {}, "sharding": "fsdp" if sharded else "none"}
     if ckpt is not None:
-        _load_weights(ckpt, cfg.method, base, trained)
-        for name, heads in (aux_heads or {}).items():
-            if (ckpt / f"{name}_aux_heads.safetensors").is_file():
-                from safetensors.torch import load_file
+        written = json.loads((ckpt / "trainer_state.json").read_text()).get("sharding", "none")
+        if written != state["sharding"]:  # the optimizer state is keyed by name (sharded) or by index
+            from ..errors import CheckpointError
 
-                heads.load_state_dict(load_file(str(ckpt / f"{name}_aux_heads.safetensors")))
-        state = load_checkpoint(ckpt, optimizer, scheduler)
+            raise CheckpointError(f"{ckpt} was written with sharding {written!r}; resume it with the same sharding "
+                                  f"(this run: {state['sharding']!r}) or start over with --no-resume")
+        load_optimizer = ((lambda sd: sharding.load_optimizer_state(loss_module, optimizer, sd)) if sharded
+                          else optimizer.load_state_dict)
+        state = load_checkpoint(ckpt, load_optimizer, scheduler)
         if acc.is_main_process:
             log.info("resumed from %s (step %d)", ckpt, state["step"])
 
@@ -269,7 +307,9 @@ def train(cfg: TrainConfig, model=None, processor=None, sources: list[Source] | 
     collator = Collator(processor, cfg.max_length, cfg.num_crops, image_labels=image_labels)
     collator.skipped.update(state.get("skipped", {}))
     stream = MixedStream(sources, cfg.probs, cfg.seed, start=state["data_position"])
-    loss_module, optimizer = acc.prepare(LossModule(base, aux_heads, aux_weights), optimizer)
+    if not sharded:
+        loss_module, optimizer = acc.prepare(loss_module, optimizer)
+    core = loss_module if sharded else acc.unwrap_model(loss_module)
     report = _Reporter(out, cfg.report_to, cfg, acc.is_main_process)
     if acc.is_main_process:
         log.info("method %s: %d trainable of %d parameters; %d process(es)", cfg.method, n_train, n_total, world)
@@ -301,13 +341,18 @@ def train(cfg: TrainConfig, model=None, processor=None, sources: list[Source] | 
             last_batch = batch
             batch = {k: v.to(acc.device) for k, v in batch.items()}
             sync = i == len(micro) - 1
-            with (acc.no_sync(loss_module) if not sync and world > 1 else _null()):
+            if sharded:  # accumulate unsharded gradients; reduce-scatter after the last micro-batch
+                loss_module.set_requires_gradient_sync(sync)
+            with (acc.no_sync(loss_module) if not sync and world > 1 and not sharded else _null()):
                 loss = loss_module(**batch)
                 acc.backward(loss * scale)
             loss_sum += loss.detach().double().cpu() * (scale > 0)
         if world > 1:
             loss_sum = acc.reduce(loss_sum.to(acc.device), reduction="sum").cpu()
-        grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm else None
+        grad_norm = None
+        if cfg.max_grad_norm:
+            grad_norm = (sharding.unshard_value(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)) if sharded
+                         else acc.clip_grad_norm_(params, cfg.max_grad_norm))
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -316,7 +361,7 @@ def train(cfg: TrainConfig, model=None, processor=None, sources: list[Source] | 
         loss_value = float(loss_sum) / n_targets
         metrics = {"loss": loss_value, "lr": scheduler.get_last_lr()[0], "tokens_per_s": n_tokens / dt,
                    "samples_per_s": cfg.batch_size / dt, "grad_norm": float(grad_norm) if grad_norm is not None else None}
-        for name, value in acc.unwrap_model(loss_module).last_aux.items():  # `loss` includes weight x this
+        for name, value in core.last_aux.items():  # `loss` includes weight x this
             metrics[f"{name}_aux"] = value
         state["losses"].append(loss_value)
         if step % cfg.log_every == 0 or step == cfg.max_steps:
@@ -328,14 +373,18 @@ def train(cfg: TrainConfig, model=None, processor=None, sources: list[Source] | 
             on_step(step, metrics)
         if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps:
             state.update(data_position=stream.position, skipped=dict(collator.skipped))
+            full, optimizer_state = sharding.full_state(loss_module, optimizer) if sharded else (None, optimizer.state_dict())
             if acc.is_main_process:
-                save_checkpoint(out, step, save_weights, optimizer, scheduler, state, cfg.keep_checkpoints)
+                save_checkpoint(out, step, lambda folder: save_weights(folder, full), optimizer_state, scheduler, state,
+                                cfg.keep_checkpoints)
             acc.wait_for_everyone()
     if bar is not None:
         bar.close()
     report.close()
     if collator.skipped and acc.is_main_process:
         log.warning("skipped samples: %s", dict(collator.skipped))
+    # sharded runs: the returned model's parameters are this process's shards (DTensors); the
+    # checkpoint holds the full weights
     return {"step": step, "losses": state["losses"], "out": str(out), "skipped": dict(collator.skipped),
             "model": trained}
 
