@@ -10,7 +10,9 @@ On a relation row (two named shapes) the supervised heads alternate between the 
 named shape, at the tokens that predict the first two answer tokens (the yes/no or the choice); on a
 reasoned one ("cot", answers that give both shapes' places first) every supervised head attends to the
 shape whose column and row digits the token predicts.
-Rows marked "plain" (or with neither a box nor named shapes: `mix_table.py`) get the language loss only.
+Rows marked "plain" (or with neither a box nor named shapes: `mix_table.py`) get the language loss only,
+and with `--teacher DIR` also `--distill-weight` x the KL divergence from that model's next-token
+distribution at their answer tokens (to keep or bring back the skills the teacher has).
 This hands the decoder the step the plateau is about (finding the named shape among several);
 whether the digits follow is what the run shows. Saves OUT_DIR/model (a model folder) and
 OUT_DIR/metrics.jsonl (loss, attention loss, attention mass on the named shape).
@@ -139,6 +141,8 @@ def main():
     ap.add_argument("--mask-heads", help="colour/kind heads to start from (a previous run's mask_aux_heads.safetensors)")
     ap.add_argument("--engine-masks", action="store_true",
                     help="colour/kind labels from the data engine's masks (tables of engine_table.py) instead of the boxes")
+    ap.add_argument("--teacher", help="a model folder whose answer distributions the plain rows are pulled to")
+    ap.add_argument("--distill-weight", type=float, default=1.0)
     a = ap.parse_args()
     torch.set_num_threads(2)
     torch.manual_seed(a.seed)
@@ -157,6 +161,11 @@ def main():
         if a.mask_heads:
             aux["mask"].load_state_dict(load_file(a.mask_heads))
     module = LossModule(model, torch.nn.ModuleDict(aux), weights)
+    teacher, student_logits = None, {}
+    if a.teacher:
+        teacher = Phi3VForCausalLM.from_pretrained(a.teacher, torch_dtype=torch.float32).eval().requires_grad_(False)
+        # the LossModule's LM head runs on the target positions only (row-major): keep its output
+        model.lm_head.register_forward_hook(lambda mod, inp, out: student_logits.__setitem__("logits", out))
     table = Path(a.table)
     rows = [json.loads(line) for line in open(table)]
     by_image = {}
@@ -218,6 +227,17 @@ def main():
                         masses.append(float(lp.detach().exp()))
         attn = torch.stack(attn_losses).mean() if attn_losses else lm.new_zeros(())
         loss = lm + a.weight * attn
+        kd = lm.new_zeros(())
+        if teacher is not None:
+            keep = batch["labels"][:, 1:] != -100
+            plain = torch.tensor([bool(rows[i].get("plain")) for i in idx])[:, None].expand_as(keep)[keep]
+            if plain.any():
+                with torch.no_grad():
+                    h, _ = teacher.model(batch["input_ids"], batch["attention_mask"], None, batch.get("pixel_values"), batch.get("image_sizes"))
+                    t_logp = torch.log_softmax(teacher.lm_head(h[:, :-1][keep][plain]).float(), dim=-1)
+                s_logp = torch.log_softmax(student_logits["logits"][plain].float(), dim=-1)
+                kd = (t_logp.exp() * (t_logp - s_logp)).sum() / n_targets  # KL(teacher || student), per target
+                loss = loss + a.distill_weight * kd
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -225,7 +245,8 @@ def main():
         opt.zero_grad(set_to_none=True)
         if step % 20 == 0 or step == a.steps:
             rec = {"step": step, "loss": float(lm.detach()), "attn_loss": float(attn.detach()), "attn_mass": float(np.mean(masses)) if masses else None,
-                   "position_aux": module.last_aux.get("position"), "mask_aux": module.last_aux.get("mask")}
+                   "position_aux": module.last_aux.get("position"), "mask_aux": module.last_aux.get("mask"),
+                   "distill": float(kd.detach())}
             log.write(json.dumps(rec) + "\n")
             log.flush()
             print(rec, flush=True)
