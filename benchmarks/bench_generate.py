@@ -22,6 +22,8 @@ Both sides: warm-up excluded, medians over the runs of all rounds, rounds altern
     The bandwidth target is judged on interleaved pairs (a decode run, then a read probe, five
     times): this VM's read bandwidth drifts between ~30 and ~60 GB/s from minute to minute, so a
     decode rate is compared with the bandwidth of its own moment; the end-of-run figure is printed too.
+    Likewise the batch-8 target is judged on batch-1 / batch-8 pairs run back to back in one process
+    (three pairs, median); the batch-8 process measured separately is printed too.
 
 Timings follow the original's definitions: prefill = call -> first new token; decode tokens/s =
 (T - 1) / (last token - first token). Every run re-encodes the image (no embedding cache), as the
@@ -119,6 +121,29 @@ def worker(cfg: dict) -> dict:
             decode.use_onednn(model)) else "BLAS"
         out["memory_bandwidth_gbs"] = memory_bandwidth(torch)
         out["interleaved"] = interleaved_pairs(torch, model, ids, mask, pv, sizes, params, processor.tokenizer, out["weight_bytes_per_token"])
+        out["interleaved_batch8"] = interleaved_batch8(model, ids, mask, pv, sizes, params, processor.tokenizer)
+    return out
+
+
+def interleaved_batch8(model, ids, mask, pv, sizes, params, tokenizer, pairs: int = 3) -> list[dict]:
+    """Batch-1 and batch-8 generations of the same prompt back to back, `pairs` times (after one
+    batch-8 warm-up that packs the weights): each batch-8 throughput is compared with the batch-1
+    rate of the same moment, as the bandwidth pairs are, rather than with one measured minutes
+    earlier in another process."""
+    from phi3v_spatial.generation import Generation
+
+    def decode_rate(rows: int) -> float:
+        run = Generation(model, ids[:1].repeat(rows, 1), mask[:1].repeat(rows, 1), pixel_values=pv[:1].repeat(rows, 1, 1, 1, 1),
+                         image_sizes=sizes[:1].repeat(rows, 1), params=params, tokenizer=tokenizer)
+        for _ in run:
+            pass
+        return rows * run.result.timings.decode_tokens_per_second
+
+    decode_rate(8)
+    out = []
+    for _ in range(pairs):
+        one, eight = decode_rate(1), decode_rate(8)
+        out.append({"batch1_tokens_per_second": one, "batch8_tokens_per_second": eight, "ratio": eight / one})
     return out
 
 
@@ -282,6 +307,8 @@ def bench_mid(preset: str, args) -> dict:
     pairs = mo["interleaved"]
     b["interleaved_pairs"] = pairs
     b["interleaved_bandwidth_fraction"] = med([p["fraction"] for p in pairs])
+    b["interleaved_batch8_pairs"] = mo["interleaved_batch8"]
+    b["interleaved_batch8_over_batch1"] = med([p["ratio"] for p in mo["interleaved_batch8"]])
     b["kv_cache_bytes_per_step"] = mo["kv_bytes_per_step"]
     b["matmuls_only_gbs"] = mo["matmuls_only_gbs"]
     b["achieved_weights_plus_kv_gbs"] = (mo["weight_bytes_per_token"] + mo["kv_bytes_per_step"]) * o["decode_tokens_per_second"] / 1e9
@@ -291,7 +318,7 @@ def bench_mid(preset: str, args) -> dict:
     b["batch8_peak_rss_mib"] = o8["peak_rss_mib"]
     b["pass"] = {
         "prefill_1_2x": b["prefill_speedup"] >= 1.2, "decode_ge_original": b["decode_ratio"] >= 1.0,
-        "bandwidth_85pct": b["interleaved_bandwidth_fraction"] >= 0.85, "batch8_4x": b["batch8_over_batch1"] >= 4.0,
+        "bandwidth_85pct": b["interleaved_bandwidth_fraction"] >= 0.85, "batch8_4x": b["interleaved_batch8_over_batch1"] >= 4.0,
         "rss_le_original": b["peak_rss_ratio"] <= 1.0,
     }
     print(f"(b) {preset}: {mo['weight_bytes_per_token'] / 1e9:.2f} GB of weights per decode step, "
@@ -311,6 +338,9 @@ def bench_mid(preset: str, args) -> dict:
           f"its KV cache alone is {m8['kv_bytes_per_step'] / 1e9:.2f} GB read per step; packed weight copies "
           f"{m8['packed_weight_bytes'] / 1e9:.2f} GB (made in the first run: {m8['warmup_seconds'][0]:.1f} s, vs "
           f"{o8['total_seconds']:.1f} s for the next), peak RSS {o8['peak_rss_mib']:.0f} MiB")
+    b8 = ", ".join(f"{p['batch8_tokens_per_second']:.1f}/{p['batch1_tokens_per_second']:.1f} = {p['ratio']:.2f}x" for p in mo["interleaved_batch8"])
+    print(f"    interleaved (batch 1, then batch 8, x{len(mo['interleaved_batch8'])}, same process): {b8} tok/s; "
+          f"median {b['interleaved_batch8_over_batch1']:.2f}x (target >= 4x: the pass criterion)")
     print(f"    peak RSS ours {o['peak_rss_mib']:.0f} MiB, original {r['peak_rss_mib']:.0f} MiB (ratio {b['peak_rss_ratio']:.2f}, target <= 1)")
     return b
 

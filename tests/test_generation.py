@@ -298,24 +298,25 @@ def test_native_gemv_decode_matches_onednn(monkeypatch):
 
 
 def test_native_few_row_kernel_decode_matches_onednn(monkeypatch):
-    """Batched decode steps of 2-3 rows multiply the large weights with the compiled few-row kernel
-    (model/native.py): equal to F.linear to float32 rounding (tails, odd blocks, strided rows, more than
-    8 rows), and batched generations of left-padded prompts through it give oneDNN's tokens and logits
-    (1e-4), both == uncached."""
+    """Batched decode steps of 2-8 rows multiply the large weights with the compiled few-row kernel
+    (model/native.py; two weight rows at a time up to 3 rows, three from 4): equal to F.linear to
+    float32 rounding (tails, odd blocks, strided rows, more than 8 rows), and batched generations of
+    left-padded prompts through it give oneDNN's tokens and logits (1e-4), both == uncached."""
     from phi3v_spatial.model import decode, native
     from phi3v_spatial.random_init import random_config, random_model
 
     if not native.native_available():
         pytest.skip(f"compiled kernels unavailable here: {native._STATE.get('error')}")
     g = torch.Generator().manual_seed(0)
-    for m, n, k in ((2, 1, 1), (3, 63, 17), (2, 129, 64), (5, 257, 1000), (8, 64, 3072), (11, 33, 40)):
+    for m, n, k in ((2, 1, 1), (3, 63, 17), (2, 129, 64), (5, 257, 1000), (8, 64, 3072), (11, 33, 40), (4, 2, 9),
+                    (7, 131, 100), (16, 70, 33)):
         w, x = torch.randn(n, k + 5, generator=g)[:, :k], torch.randn(m, 1, k, generator=g)  # rows 5 floats apart
         torch.testing.assert_close(native.native_gemm_rows(x, w), torch.nn.functional.linear(x, w), rtol=1e-5, atol=1e-4)
     config = random_config(hidden_size=512, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=8,
                            num_key_value_heads=2)
     model = random_model(config, seed=0)
     assert decode.use_onednn(model)
-    for rows in (2, 3):
+    for rows in (2, 3, 5, 8):
         ids = torch.randint(3, 30000, (rows, 40), generator=torch.Generator().manual_seed(rows))
         mask = torch.ones_like(ids)
         mask[1:, :7] = 0  # left padding on all rows but the first
@@ -379,7 +380,7 @@ def test_batched_cpu_decode_packed_weights(monkeypatch):
 
     config = random_config(hidden_size=512, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=8,
                            num_key_value_heads=2)
-    ids = torch.randint(3, 30000, (4, 24), generator=torch.Generator().manual_seed(1))  # 4 rows: 2-3 go to native.py
+    ids = torch.randint(3, 30000, (9, 24), generator=torch.Generator().manual_seed(1))  # 9 rows: 2-8 go to native.py
     mask = torch.ones_like(ids)
     mask[2, :5] = 0
     model = random_model(config, seed=0)

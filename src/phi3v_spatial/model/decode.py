@@ -79,8 +79,9 @@ _ONEDNN: bool | None = None
 _ONEDNN_MIN_MODEL = 64 << 20
 _ONEDNN_MIN_WEIGHT = 1 << 18
 # rows of a decode step that go to the compiled few-row kernel (native.py) rather than oneDNN: at 2 rows
-# it streams phi3-2l's weights ~1.4x faster than oneDNN, at 3 about as fast, from 4 oneDNN is as fast or faster
-_NATIVE_MAX_ROWS = 3
+# it streams phi3-2l's weights ~1.4x faster than oneDNN, at 3 ~1.1x, at 8 (three weight rows at a time)
+# ~1.25x oneDNN's packed GEMM, without the packed copy of the weights; more rows go to oneDNN
+_NATIVE_MAX_ROWS = 8
 
 
 def onednn_linear_available() -> bool:

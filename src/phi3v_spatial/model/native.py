@@ -121,7 +121,7 @@ def _load():
         w, x = torch.randn(n, k, generator=g), torch.randn(1, k, generator=g)
         if not torch.allclose(_gemv(gemv, x, w), F.linear(x, w), rtol=1e-5, atol=1e-5):
             raise RuntimeError("the compiled GEMV disagrees with F.linear")
-    for m, n, k in ((2, 37, 300), (8, 9, 64), (3, 5, 7), (11, 33, 40)):  # odd blocks, tails, more than 8 rows
+    for m, n, k in ((2, 37, 300), (8, 9, 64), (3, 5, 7), (11, 33, 40), (5, 38, 70)):  # odd blocks, tails, > 8 rows
         w, x = torch.randn(n, k, generator=g), torch.randn(m, k, generator=g)
         if not torch.allclose(_gemm_rows(rows, x, w), F.linear(x, w), rtol=1e-5, atol=1e-5):
             raise RuntimeError("the compiled few-row GEMM disagrees with F.linear")
