@@ -21,9 +21,10 @@ path does only what one token needs and nothing the general forward does to be g
   row-major weights (no copy, no repacking);
 - for one row (batch 1), where available, a hand-written GEMV compiled on first use (`native.py`,
   `kernels/gemv.c`) instead of oneDNN: it streams the weights like a plain read of memory, where
-  oneDNN's one-row product falls behind in this machine's fast-memory phases; for 2-3 rows its
-  sibling (`native_gemm_rows`, each weight row read once for all rows): ~1.4x oneDNN at 2 rows;
-- for several rows (batched decoding), the same weights packed once into oneDNN's blocked layout
+  oneDNN's one-row product falls behind in this machine's fast-memory phases; for 2-8 rows its
+  sibling (`native_gemm_rows`, each weight row read once for all rows): ~1.4x oneDNN at 2 rows,
+  ~1.25x oneDNN's packed GEMM at 8, without a copy of the weights;
+- for more rows (batched decoding beyond 8), the same weights packed once into oneDNN's blocked layout
   for small row counts (`packed_weight`): 8-row steps stream them ~1.4-2x faster than the plain
   layout on this project's machine. The packed copies are extra memory (as much as the decoder's
   weights), so they are made only when the machine has room for them (`packing_allowed`), kept
@@ -209,7 +210,7 @@ def _plain_linear(m: nn.Module):
 
 def _bind_linear(w, fast: bool, pack: bool = False):
     """A callable x -> x @ w^T for one layer: for a plain float32 weight when `fast`, one row through
-    the compiled GEMV when it is available (native.py) else oneDNN, 2-3 rows through its few-row
+    the compiled GEMV when it is available (native.py) else oneDNN, 2-8 rows through its few-row
     sibling when available, more rows through oneDNN (with `pack`: its packed copy); else `F.linear`,
     else (a swapped-in module) the module itself."""
     if not isinstance(w, torch.Tensor):

@@ -1,5 +1,5 @@
 /* One-row float32 GEMV for the CPU decode step: y[n] = sum_k W[n, k] * x[k], W row-major (ldw floats
- * between rows, unit stride within a row); at the end, its sibling for 2-3 rows. Compiled on first
+ * between rows, unit stride within a row); at the end, its sibling for 2-8 rows. Compiled on first
  * use by model/native.py.
  *
  * Why by hand: at batch 1 the decode step of a large model is a stream over its weights, and the GEMV
