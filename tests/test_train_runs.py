@@ -108,6 +108,20 @@ def test_two_process_fsdp_equals_one_process(tiny_checkpoint, tmp_path, method):
         assert (x[k] - y[k]).abs().max() <= atol, k
 
 
+def test_two_process_fsdp_with_bad_samples_equals_one_process(tiny_checkpoint, tmp_path):
+    """Every third sample's image is missing: skipped and counted. A process whose first micro-batch
+    has no good sample runs a zero-weighted stand-in instead of nothing (which left the other
+    process waiting in a gather for ever); the losses are one process's."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    common = ["--steps", "4", "--batch", "2", "--bad", "--method", "full"]
+    _run([WORKER, str(one), str(tiny_checkpoint), *common])
+    _two_processes([str(two), str(tiny_checkpoint), *common, "--sharding", "fsdp"], 29523)
+    a, b = (json.loads((d / "result.json").read_text()) for d in (one, two))
+    assert b["world"] == 2 and a["losses"] == pytest.approx(b["losses"], rel=1e-6)
+    state = json.loads((two / "checkpoint-4" / "trainer_state.json").read_text())
+    assert sum(state["skipped"].values()) > 0
+
+
 def test_fsdp_kill_and_resume_reproduces_the_loss_curve(tiny_checkpoint, tmp_path):
     """Sharded checkpoints hold full tensors (optimizer keyed by parameter name): SIGKILL at step 5
     and resuming from step 4 gives the uninterrupted sharded run's losses and weights."""

@@ -39,6 +39,7 @@ def main():
     p.add_argument("--images", action="store_true")
     p.add_argument("--mixed", action="store_true", help="half the samples without an image")
     p.add_argument("--sharding", default="none")
+    p.add_argument("--bad", action="store_true", help="every third sample's image file is missing")
     a = p.parse_args()
     torch.set_num_threads(1)
     from phi3v_spatial.train.data import Source
@@ -52,6 +53,8 @@ def main():
     samples = toy_samples(8, images=a.images or a.mixed)
     if a.mixed:  # odd samples text-only: the processes' micro-batches differ in whether the vision tower runs
         samples = [s if i % 2 == 0 else t for i, (s, t) in enumerate(zip(samples, toy_samples(8, images=False)))]
+    if a.bad:  # skipped by the collator; a process left without a good sample runs a zero-weighted stand-in
+        samples = [dict(s, images=["/nonexistent/missing.png"]) if i % 3 == 1 else s for i, s in enumerate(samples)]
     result = train(cfg, sources=[Source("toy", samples=samples)], on_step=on_step)
     from phi3v_spatial.train.sharding import unshard_value
 

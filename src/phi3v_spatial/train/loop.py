@@ -334,10 +334,9 @@ def train(cfg: TrainConfig, model=None, processor=None, sources: list[Source] | 
         loss_sum = torch.zeros((), dtype=torch.float64)
         for i, batch in enumerate(micro):
             scale = world / n_targets
-            if batch is None:  # every sample of this micro-batch was bad: keep DDP in step with a zero loss
-                if last_batch is None:
-                    continue
-                batch, scale = last_batch, 0.0
+            if batch is None:  # every sample of this micro-batch was bad: a zero-weighted stand-in keeps the
+                # processes' collectives (DDP's reduction, FSDP's gathers) in step
+                batch, scale = (last_batch if last_batch is not None else collator([_PLACEHOLDER])), 0.0
             last_batch = batch
             batch = {k: v.to(acc.device) for k, v in batch.items()}
             sync = i == len(micro) - 1
@@ -387,6 +386,11 @@ def train(cfg: TrainConfig, model=None, processor=None, sources: list[Source] | 
     # checkpoint holds the full weights
     return {"step": step, "losses": state["losses"], "out": str(out), "skipped": dict(collator.skipped),
             "model": trained}
+
+
+# a valid text-only sample, run with weight 0 when a process has no good sample yet to stand in
+_PLACEHOLDER = {"id": "placeholder", "images": [], "messages": [{"role": "user", "content": "."},
+                                                                {"role": "assistant", "content": "."}]}
 
 
 class _null:
