@@ -124,16 +124,23 @@ def test_two_process_fsdp_with_bad_samples_equals_one_process(tiny_checkpoint, t
 
 def test_fsdp_kill_and_resume_reproduces_the_loss_curve(tiny_checkpoint, tmp_path):
     """Sharded checkpoints hold full tensors (optimizer keyed by parameter name): SIGKILL at step 5
-    and resuming from step 4 gives the uninterrupted sharded run's losses and weights."""
+    and resuming from step 4 gives the uninterrupted sharded run's losses and weights, also when
+    one process resumes what two wrote."""
     ref, run = tmp_path / "ref", tmp_path / "run"
     common = [str(tiny_checkpoint), "--method", "full", "--mixed", "--sharding", "fsdp"]
     _two_processes([str(ref), *common], 29520)
     with pytest.raises(AssertionError):  # both processes SIGKILL themselves after step 5
         _two_processes([str(run), *common, "--kill-at", "5"], 29521)
     assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    import shutil
+
+    shutil.copytree(run, tmp_path / "one")  # the same checkpoint, resumed by a single sharded process
     _two_processes([str(run), *common], 29522)
-    a, b = (json.loads((d / "result.json").read_text()) for d in (ref, run))
+    _run(["-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", "29524", WORKER,
+          str(tmp_path / "one"), *common], env={"ACCELERATE_USE_CPU": "1"})
+    a, b, c = (json.loads((d / "result.json").read_text()) for d in (ref, run, tmp_path / "one"))
     assert len(b["losses"]) == 6 and b["losses"] == pytest.approx(a["losses"], rel=1e-6)
+    assert c["world"] == 1 and c["losses"] == pytest.approx(a["losses"], rel=1e-6)
     x, y = (_tensors(d / "checkpoint-6" / "model" / "model.safetensors") for d in (ref, run))
     assert all(bool((x[k] == y[k]).all()) for k in x)
 
