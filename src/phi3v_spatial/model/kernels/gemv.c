@@ -80,85 +80,45 @@ void phi3v_gemv_f32(const float *W, const float *x, float *y, int64_t N, int64_t
  * 8): ~1.4x at 2 rows, ~1.1x at 3; at 8 rows, where the arithmetic rather than the weight stream
  * bounds it, 131-137 GFLOP/s against oneDNN's packed 103-110 (and 117-119 for two rows at a time:
  * three weight rows per eight loads of X use each load for more multiply-adds). */
-static inline __attribute__((always_inline)) void two_rows_mb(const float *w0, const float *w1, const float *X,
-                                                              int64_t ldx, int64_t K, int64_t prefetch,
-                                                              float *y0, float *y1, int64_t ldy, const int MB) {
-    v16 a0[3], a1[3];
-    for (int m = 0; m < MB; m++) a0[m] = a1[m] = (v16){0};
+/* R weight rows (2 or 3, read side by side) times MB rows of X; R and MB compile-time constants */
+static inline __attribute__((always_inline)) void weight_rows(const float *const w[3], const float *X, int64_t ldx,
+                                                              int64_t K, int64_t prefetch, float *const y[3],
+                                                              int64_t ldy, const int R, const int MB) {
+    v16 a[3][8];
+    for (int r = 0; r < R; r++)
+        for (int m = 0; m < MB; m++) a[r][m] = (v16){0};
     int64_t k = 0;
     for (; k + 16 <= K; k += 16) {
-        if (prefetch) {
-            __builtin_prefetch(w0 + k + prefetch, 0, 1);
-            __builtin_prefetch(w1 + k + prefetch, 0, 1);
+        v16 wk[3];
+        for (int r = 0; r < R; r++) {
+            if (prefetch) __builtin_prefetch(w[r] + k + prefetch, 0, 1);
+            wk[r] = load16(w[r] + k);
         }
-        const v16 u = load16(w0 + k), v = load16(w1 + k);
         for (int m = 0; m < MB; m++) {
             const v16 xk = load16(X + m * ldx + k);
-            a0[m] += u * xk;
-            a1[m] += v * xk;
+            for (int r = 0; r < R; r++) a[r][m] += wk[r] * xk;
         }
     }
-    for (int m = 0; m < MB; m++) {
-        float s0 = hsum(a0[m]), s1 = hsum(a1[m]);
-        for (int64_t i = k; i < K; i++) {
-            s0 += w0[i] * X[m * ldx + i];
-            s1 += w1[i] * X[m * ldx + i];
-        }
-        y0[m * ldy] = s0;
-        y1[m * ldy] = s1;
-    }
-}
-
-static void two_rows(const float *w0, const float *w1, const float *X, int64_t ldx, int64_t K, int64_t prefetch,
-                     float *y0, float *y1, int64_t ldy, int MB) {
-    switch (MB) {
-    case 1: two_rows_mb(w0, w1, X, ldx, K, prefetch, y0, y1, ldy, 1); break;
-    case 2: two_rows_mb(w0, w1, X, ldx, K, prefetch, y0, y1, ldy, 2); break;
-    default: two_rows_mb(w0, w1, X, ldx, K, prefetch, y0, y1, ldy, 3); break; /* 4-8 rows: three_rows */
-    }
-}
-
-static inline __attribute__((always_inline)) void three_rows_mb(const float *w0, const float *w1, const float *w2,
-                                                                const float *X, int64_t ldx, int64_t K, int64_t prefetch,
-                                                                float *y0, float *y1, float *y2, int64_t ldy, const int MB) {
-    v16 a0[8], a1[8], a2[8];
-    for (int m = 0; m < MB; m++) a0[m] = a1[m] = a2[m] = (v16){0};
-    int64_t k = 0;
-    for (; k + 16 <= K; k += 16) {
-        if (prefetch) {
-            __builtin_prefetch(w0 + k + prefetch, 0, 1);
-            __builtin_prefetch(w1 + k + prefetch, 0, 1);
-            __builtin_prefetch(w2 + k + prefetch, 0, 1);
-        }
-        const v16 u = load16(w0 + k), v = load16(w1 + k), t = load16(w2 + k);
+    for (int r = 0; r < R; r++)
         for (int m = 0; m < MB; m++) {
-            const v16 xk = load16(X + m * ldx + k);
-            a0[m] += u * xk;
-            a1[m] += v * xk;
-            a2[m] += t * xk;
+            float s = hsum(a[r][m]);
+            for (int64_t i = k; i < K; i++) s += w[r][i] * X[m * ldx + i];
+            y[r][m * ldy] = s;
         }
-    }
-    for (int m = 0; m < MB; m++) {
-        float s0 = hsum(a0[m]), s1 = hsum(a1[m]), s2 = hsum(a2[m]);
-        for (int64_t i = k; i < K; i++) {
-            s0 += w0[i] * X[m * ldx + i];
-            s1 += w1[i] * X[m * ldx + i];
-            s2 += w2[i] * X[m * ldx + i];
-        }
-        y0[m * ldy] = s0;
-        y1[m * ldy] = s1;
-        y2[m * ldy] = s2;
-    }
 }
 
-static void three_rows(const float *w0, const float *w1, const float *w2, const float *X, int64_t ldx, int64_t K,
-                       int64_t prefetch, float *y0, float *y1, float *y2, int64_t ldy, int MB) {
+/* 2 weight rows at a time for 1-3 rows of X, 3 for 4-8 */
+static void some_rows(const float *const w[3], const float *X, int64_t ldx, int64_t K, int64_t prefetch,
+                      float *const y[3], int64_t ldy, int MB) {
     switch (MB) {
-    case 4: three_rows_mb(w0, w1, w2, X, ldx, K, prefetch, y0, y1, y2, ldy, 4); break;
-    case 5: three_rows_mb(w0, w1, w2, X, ldx, K, prefetch, y0, y1, y2, ldy, 5); break;
-    case 6: three_rows_mb(w0, w1, w2, X, ldx, K, prefetch, y0, y1, y2, ldy, 6); break;
-    case 7: three_rows_mb(w0, w1, w2, X, ldx, K, prefetch, y0, y1, y2, ldy, 7); break;
-    default: three_rows_mb(w0, w1, w2, X, ldx, K, prefetch, y0, y1, y2, ldy, 8); break;
+    case 1: weight_rows(w, X, ldx, K, prefetch, y, ldy, 2, 1); break;
+    case 2: weight_rows(w, X, ldx, K, prefetch, y, ldy, 2, 2); break;
+    case 3: weight_rows(w, X, ldx, K, prefetch, y, ldy, 2, 3); break;
+    case 4: weight_rows(w, X, ldx, K, prefetch, y, ldy, 3, 4); break;
+    case 5: weight_rows(w, X, ldx, K, prefetch, y, ldy, 3, 5); break;
+    case 6: weight_rows(w, X, ldx, K, prefetch, y, ldy, 3, 6); break;
+    case 7: weight_rows(w, X, ldx, K, prefetch, y, ldy, 3, 7); break;
+    default: weight_rows(w, X, ldx, K, prefetch, y, ldy, 3, 8); break;
     }
 }
 
@@ -167,26 +127,25 @@ void phi3v_gemm_rows_f32(const float *W, const float *X, float *Y, int64_t N, in
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
-        const int64_t lo = N * id / nt, hi = N * (id + 1) / nt, h = (hi - lo) / 2;
+        const int64_t lo = N * id / nt, hi = N * (id + 1) / nt;
         for (int64_t m0 = 0; m0 < M; m0 += 8) { /* at most 8 rows of X per pass over the weights */
-            const int MB = (int)(M - m0 < 8 ? M - m0 : 8);
+            const int MB = (int)(M - m0 < 8 ? M - m0 : 8), R = MB >= 4 ? 3 : 2;
             const float *Xm = X + m0 * ldx;
             float *Ym = Y + m0 * ldy;
-            if (MB >= 4) { /* three streams: row i of each third of the block */
-                const int64_t t = (hi - lo) / 3;
-                for (int64_t i = 0; i < t; i++)
-                    three_rows(W + (lo + i) * ldw, W + (lo + t + i) * ldw, W + (lo + 2 * t + i) * ldw, Xm, ldx, K,
-                               prefetch, Ym + lo + i, Ym + lo + t + i, Ym + lo + 2 * t + i, ldy, MB);
-                for (int64_t n = lo + 3 * t; n < hi; n++) /* the block's last 0-2 rows (each computed thrice into its place) */
-                    three_rows(W + n * ldw, W + n * ldw, W + n * ldw, Xm, ldx, K, prefetch, Ym + n, Ym + n, Ym + n, ldy, MB);
-                continue;
+            const int64_t part = (hi - lo) / R;
+            for (int64_t i = 0; i < part; i++) { /* row i of each of the block's R parts */
+                const float *w[3];
+                float *y[3];
+                for (int r = 0; r < R; r++) {
+                    w[r] = W + (lo + r * part + i) * ldw;
+                    y[r] = Ym + lo + r * part + i;
+                }
+                some_rows(w, Xm, ldx, K, prefetch, y, ldy, MB);
             }
-            for (int64_t i = 0; i < h; i++) /* row i of each half of the block */
-                two_rows(W + (lo + i) * ldw, W + (lo + h + i) * ldw, Xm, ldx, K, prefetch, Ym + lo + i,
-                         Ym + lo + h + i, ldy, MB);
-            if (lo + 2 * h < hi) { /* an odd block's last row (computed twice into the same place) */
-                const int64_t n = hi - 1;
-                two_rows(W + n * ldw, W + n * ldw, Xm, ldx, K, prefetch, Ym + n, Ym + n, ldy, MB);
+            for (int64_t n = lo + R * part; n < hi; n++) { /* the block's last rows (each computed R times into its place) */
+                const float *w[3] = {W + n * ldw, W + n * ldw, W + n * ldw};
+                float *y[3] = {Ym + n, Ym + n, Ym + n};
+                some_rows(w, Xm, ldx, K, prefetch, y, ldy, MB);
             }
         }
     }
