@@ -58,7 +58,6 @@ def worker(cfg: dict) -> dict:
 
     torch.set_num_threads(cfg["threads"])
     rss_before = _rss_now_mib()
-    from phi3v_spatial.generation import Generation
     from phi3v_spatial.model import Phi3VForCausalLM
     from phi3v_spatial.processing import Phi3VProcessor
     from phi3v_spatial.sampling import SamplingParams
@@ -80,11 +79,9 @@ def worker(cfg: dict) -> dict:
     runs, warmup_seconds = [], []
     for i in range(cfg["warmup"] + cfg["repeat"]):
         t = time.perf_counter()
-        run = Generation(model, ids, mask, pixel_values=pv, image_sizes=sizes, params=params, tokenizer=processor.tokenizer)
-        for _ in run:
-            pass
+        result = generate_once(model, ids, mask, pv, sizes, params, processor.tokenizer)
         if i >= cfg["warmup"]:
-            runs.append(run.result)
+            runs.append(result)
         else:
             warmup_seconds.append(time.perf_counter() - t)
     timings = [r.timings for r in runs]
@@ -125,19 +122,25 @@ def worker(cfg: dict) -> dict:
     return out
 
 
-def interleaved_batch8(model, ids, mask, pv, sizes, params, tokenizer, pairs: int = 3) -> list[dict]:
-    """Batch-1 and batch-8 generations of the same prompt back to back, `pairs` times (after one
-    batch-8 warm-up that packs the weights): each batch-8 throughput is compared with the batch-1
-    rate of the same moment, as the bandwidth pairs are, rather than with one measured minutes
-    earlier in another process."""
+def generate_once(model, ids, mask, pv, sizes, params, tokenizer):
+    """One generation run to its end; its result (tokens, timings)."""
     from phi3v_spatial.generation import Generation
 
+    run = Generation(model, ids, mask, pixel_values=pv, image_sizes=sizes, params=params, tokenizer=tokenizer)
+    for _ in run:
+        pass
+    return run.result
+
+
+def interleaved_batch8(model, ids, mask, pv, sizes, params, tokenizer, pairs: int = 3) -> list[dict]:
+    """Batch-1 and batch-8 generations of the same prompt back to back, `pairs` times (after one
+    batch-8 warm-up): each batch-8 throughput is compared with the batch-1 rate of the same moment,
+    as the bandwidth pairs are, rather than with one measured minutes earlier in another process."""
+
     def decode_rate(rows: int) -> float:
-        run = Generation(model, ids[:1].repeat(rows, 1), mask[:1].repeat(rows, 1), pixel_values=pv[:1].repeat(rows, 1, 1, 1, 1),
-                         image_sizes=sizes[:1].repeat(rows, 1), params=params, tokenizer=tokenizer)
-        for _ in run:
-            pass
-        return rows * run.result.timings.decode_tokens_per_second
+        result = generate_once(model, ids[:1].repeat(rows, 1), mask[:1].repeat(rows, 1), pv[:1].repeat(rows, 1, 1, 1, 1),
+                               sizes[:1].repeat(rows, 1), params, tokenizer)
+        return rows * result.timings.decode_tokens_per_second
 
     decode_rate(8)
     out = []
@@ -153,16 +156,11 @@ def interleaved_pairs(torch, model, ids, mask, pv, sizes, params, tokenizer, wei
     bandwidth drifts from run to run, a decode rate is compared with the bandwidth of its own moment
     rather than with a figure taken minutes later. Each probe reads for as long as its decode ran
     (sustained, not a burst of a few sums)."""
-    from phi3v_spatial.generation import Generation
-
     x = torch.ones(size_mib * 2**20 // 4)
     x.sum()
     out = []
     for _ in range(pairs):
-        run = Generation(model, ids, mask, pixel_values=pv, image_sizes=sizes, params=params, tokenizer=tokenizer)
-        for _ in run:
-            pass
-        timings = run.result.timings
+        timings = generate_once(model, ids, mask, pv, sizes, params, tokenizer).timings
         achieved = weight_bytes * timings.decode_tokens_per_second / 1e9
         decode_seconds = (params.max_new_tokens - 1) / timings.decode_tokens_per_second
         n, t0 = 0, time.perf_counter()
