@@ -74,7 +74,7 @@ def loop_worker(sharding: str, preset: str, steps: int, batch: int, tokenizer_di
     from phi3v_spatial.random_init import PRESETS, random_config, random_model
     from phi3v_spatial.train.config import TrainConfig
     from phi3v_spatial.train.data import Source
-    from phi3v_spatial.train.loop import train
+    from phi3v_spatial.train.loop import end_distributed, train
 
     rank = int(os.environ["RANK"])
     seen = {}
@@ -91,6 +91,7 @@ def loop_worker(sharding: str, preset: str, steps: int, batch: int, tokenizer_di
     Path(out, f"rank{rank}.json").write_text(json.dumps({
         "step_s": statistics.median(seen["step_s"][1:]), "training_peak_rss_mb": seen["training_peak_rss_mb"],
         "peak_rss_mb_with_checkpoint": peak_rss_mb()}))
+    end_distributed()
 
 
 def multi_process(n: int, preset: str, steps: int, batch: int, tokenizer_dir: str) -> dict:

@@ -43,14 +43,14 @@ def main():
     a = p.parse_args()
     torch.set_num_threads(1)
     from phi3v_spatial.train.data import Source
-    from phi3v_spatial.train.loop import train
+    from phi3v_spatial.train.loop import end_distributed, train
 
     def on_step(step, metrics):
         if a.kill_at is not None and step == a.kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
 
     cfg = config(a.out, a.checkpoint, a.method, a.steps, micro=a.micro, batch=a.batch, sharding=a.sharding)
-    samples = toy_samples(8, images=a.images or a.mixed)
+    samples = toy_samples(8, images=a.images or a.mixed or a.bad)
     if a.mixed:  # odd samples text-only: the processes' micro-batches differ in whether the vision tower runs
         samples = [s if i % 2 == 0 else t for i, (s, t) in enumerate(zip(samples, toy_samples(8, images=False)))]
     if a.bad:  # skipped by the collator; a process left without a good sample runs a zero-weighted stand-in
@@ -65,6 +65,7 @@ def main():
 
         Path(a.out, "result.json").write_text(json.dumps({"losses": result["losses"], "params": params,
                                                           "world": PartialState().num_processes}))
+    end_distributed()
 
 
 if __name__ == "__main__":

@@ -98,7 +98,7 @@ def run(args) -> int:
     import logging
 
     from ..errors import ConfigError
-    from ..train.loop import train
+    from ..train.loop import end_distributed, train
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     cfg, values = build_config(args)
@@ -122,6 +122,7 @@ def run(args) -> int:
         if not cfg.data:
             raise ConfigError("give at least one --data source (or a --config / --recipe)")
         result = train(cfg)
+    end_distributed()
     losses = result["losses"]
     print(f"done: {result['step']} steps, last loss {losses[-1]:.4f}" if losses else "done: nothing to do",
           f"(skipped samples: {result['skipped']})" if result["skipped"] else "")

@@ -388,6 +388,15 @@ def train(cfg: TrainConfig, model=None, processor=None, sources: list[Source] | 
             "model": trained}
 
 
+def end_distributed() -> None:
+    """For a process's entry point, after its last `train()`: wait for every process and tear the
+    process group down (a process that exits with it alive can abort in the backend's threads).
+    Nothing to do in a single plain process."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 # a valid text-only sample, run with weight 0 when a process has no good sample yet to stand in
 _PLACEHOLDER = {"id": "placeholder", "images": [], "messages": [{"role": "user", "content": "."},
                                                                 {"role": "assistant", "content": "."}]}
