@@ -4,7 +4,8 @@ for LoRA and full fine-tuning of a random mid-size Phi-3-V (the `mid` preset, ~3
 is reported. Prints one JSON object last.
 
 With --processes N it also runs full fine-tuning through the training loop itself on N CPU processes
-(torchrun, gloo), once as DDP and once with `--sharding fsdp`, and reports each process's peak RSS
+(torchrun, gloo), as DDP, with `--sharding fsdp` and with `--sharding deepspeed` (ZeRO-1: the whole
+model trains, vision tower included, which ZeRO-2 refuses, see train/zero.py), and reports each process's peak RSS
 while training (before the final checkpoint, which gathers the full tensors on rank 0) and after it.
 
     python benchmarks/bench_train.py [--preset mid] [--steps 3] [--batch 2] [--threads N] [--processes 2]
@@ -84,7 +85,7 @@ def loop_worker(sharding: str, preset: str, steps: int, batch: int, tokenizer_di
         seen["training_peak_rss_mb"] = peak_rss_mb()
 
     cfg = TrainConfig(out=str(Path(out) / "run"), method="full", max_steps=steps + 1, batch_size=batch, num_crops=1,
-                      save_every=0, progress=False, sharding=sharding, lr=1e-5, warmup_steps=0, seed=0)
+                      save_every=0, progress=False, sharding=sharding, zero_stage=1, lr=1e-5, warmup_steps=0, seed=0)
     train(cfg, model=random_model(random_config(**PRESETS[preset]), seed=0),
           processor=Phi3VProcessor.from_pretrained(tokenizer_dir, num_crops=1),
           sources=[Source("toy", samples=toy_samples(batch))], on_step=on_step)
@@ -94,12 +95,15 @@ def loop_worker(sharding: str, preset: str, steps: int, batch: int, tokenizer_di
     end_distributed()
 
 
+MODES = {"none": "ddp", "fsdp": "fsdp", "deepspeed": "zero1"}  # --sharding -> result name
+
+
 def multi_process(n: int, preset: str, steps: int, batch: int, tokenizer_dir: str) -> dict:
     import os
     import tempfile
 
     results = {}
-    for sharding in ("none", "fsdp"):
+    for sharding in MODES:
         with tempfile.TemporaryDirectory() as out:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n), "--master_port", "29561",
                    __file__, "--loop-worker", sharding, "--preset", preset, "--steps", str(steps), "--batch", str(batch),
@@ -107,7 +111,7 @@ def multi_process(n: int, preset: str, steps: int, batch: int, tokenizer_dir: st
             env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // n))}
             subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
             ranks = [json.loads(Path(out, f"rank{r}.json").read_text()) for r in range(n)]
-        name = f"full_{n}proc_{'ddp' if sharding == 'none' else 'fsdp'}"
+        name = f"full_{n}proc_{MODES[sharding]}"
         results[name] = {"samples_per_s": batch / ranks[0]["step_s"],
                          "training_peak_rss_mb_per_process": [r["training_peak_rss_mb"] for r in ranks],
                          "peak_rss_mb_with_checkpoint_per_process": [r["peak_rss_mb_with_checkpoint"] for r in ranks]}
@@ -115,6 +119,8 @@ def multi_process(n: int, preset: str, steps: int, batch: int, tokenizer_dir: st
               f"{', '.join(f'{m:.0f}' for m in results[name]['training_peak_rss_mb_per_process'])} MB", file=sys.stderr)
     ddp, fsdp = results[f"full_{n}proc_ddp"], results[f"full_{n}proc_fsdp"]
     results["fsdp_over_ddp_training_peak"] = max(fsdp["training_peak_rss_mb_per_process"]) / max(ddp["training_peak_rss_mb_per_process"])
+    zero = results[f"full_{n}proc_zero1"]
+    results["zero1_over_ddp_training_peak"] = max(zero["training_peak_rss_mb_per_process"]) / max(ddp["training_peak_rss_mb_per_process"])
     return results
 
 
@@ -126,8 +132,8 @@ def main():
     ap.add_argument("--threads", type=int)
     ap.add_argument("--tokenizer", default=str(Path(__file__).resolve().parents[1] / "src/phi3v_spatial/assets/tiny-spatial"))
     ap.add_argument("--method", choices=["lora", "full"], help="internal: run one method in this process")
-    ap.add_argument("--processes", type=int, help="also: full fine-tuning on N processes, DDP and FSDP")
-    ap.add_argument("--loop-worker", choices=["none", "fsdp"], help="internal: one process of a torchrun group")
+    ap.add_argument("--processes", type=int, help="also: full fine-tuning on N processes, DDP, FSDP and DeepSpeed ZeRO-1")
+    ap.add_argument("--loop-worker", choices=list(MODES), help="internal: one process of a torchrun group")
     ap.add_argument("--out", help="internal: where --loop-worker writes")
     a = ap.parse_args()
     if a.threads:

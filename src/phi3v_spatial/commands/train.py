@@ -3,7 +3,7 @@
     phi3v-spatial train --model DIR --data DIR[:prob] ... --method lora --out runs/x
     phi3v-spatial train --config train.yaml [--max-steps 10 ...]
     phi3v-spatial train --recipe tiny-spatial --out runs/tiny-spatial   (stages; --max-steps caps each)
-    accelerate launch -m phi3v_spatial.cli train ... [--sharding fsdp]   (DDP, or fully sharded)
+    accelerate launch -m phi3v_spatial.cli train ... [--sharding fsdp|deepspeed]   (DDP, fully sharded, or ZeRO 1-2)
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import argparse
 # flag -> TrainConfig field, for the flags that map one to one
 _FIELDS = ("out", "method", "lora_r", "lora_alpha", "lora_dropout", "lr", "lr_vision_scale", "mask_aux_weight", "position_aux_weight", "weight_decay", "warmup_steps", "max_steps",
            "batch_size", "micro_batch_size", "max_grad_norm", "precision", "seed", "max_length", "num_crops",
-           "save_every", "log_every", "report_to", "num_threads", "sharding")
+           "save_every", "log_every", "report_to", "num_threads", "sharding", "zero_stage")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,9 +44,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-grad-norm", type=float)
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--gradient-checkpointing", action="store_true", default=None)
-    p.add_argument("--sharding", choices=["none", "fsdp"],
+    p.add_argument("--sharding", choices=["none", "fsdp", "deepspeed"],
                    help="with many processes: none = DDP (default), fsdp = fully sharded parameters, "
-                        "gradients and optimizer states")
+                        "gradients and optimizer states, deepspeed = DeepSpeed ZeRO (--zero-stage)")
+    p.add_argument("--zero-stage", type=int, choices=[1, 2],
+                   help="sharding deepspeed: 1 = optimizer states partitioned, 2 (default) = and gradients")
     p.add_argument("--seed", type=int)
     p.add_argument("--max-length", type=int)
     p.add_argument("--num-crops", type=int)

@@ -40,7 +40,8 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast where the device supports it)
     gradient_checkpointing: bool = False
-    sharding: str = "none"  # none (DDP when launched on many processes) | fsdp (train/sharding.py)
+    sharding: str = "none"  # none (DDP when launched on many processes) | fsdp (train/sharding.py) | deepspeed (train/zero.py)
+    zero_stage: int = 2  # sharding deepspeed: ZeRO stage 1 (optimizer state) or 2 (+ gradients)
     # data
     seed: int = 0
     max_length: int = 4096

@@ -1,6 +1,7 @@
 """The training loop: one entry point for a single CPU process and for `accelerate launch` /
 `torchrun` on many processes, GPUs or nodes: DDP by default, fully sharded with `sharding: fsdp`
-(train/sharding.py; also what an accelerate FSDP config gets).
+(train/sharding.py; also what an accelerate FSDP config gets), DeepSpeed ZeRO stage 1 or 2 with
+`sharding: deepspeed` (train/zero.py; also what an accelerate DeepSpeed config gets).
 
 Every process draws the same global batch of `batch_size` samples from the mixed stream (its
 position is the number of samples drawn), takes its contiguous share, and runs it in micro-batches
@@ -133,11 +134,25 @@ def _accelerator(cfg: TrainConfig):
     # a process whose micro-batch has no image (or no auxiliary labels) leaves the vision side unused
     # while the others train it: DDP must not wait for those gradients
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    acc = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp])
-    if "DEEPSPEED" in str(acc.distributed_type).upper():
-        raise ConfigError("this training loop does not run under DeepSpeed; for ZeRO-3-style sharding use "
-                          "--sharding fsdp (plain `accelerate launch` or torchrun)")
-    return acc
+    return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp])
+
+
+def _mode(cfg: TrainConfig, acc) -> tuple[str, int]:
+    """(sharding, ZeRO stage): the config's, or what an accelerate FSDP / DeepSpeed config asks for
+    (only its choice of mode and ZeRO stage is read; the loop applies the mode itself)."""
+    from . import sharding
+
+    kind = str(acc.distributed_type).upper()
+    mode, stage = cfg.sharding, cfg.zero_stage
+    if "FSDP" in kind and mode != "fsdp":
+        mode = "fsdp"
+        log.info("accelerate's FSDP config: sharding with train/sharding.py (its FSDP options are not read)")
+    elif "DEEPSPEED" in kind and mode != "deepspeed":
+        mode, plugin = "deepspeed", acc.state.deepspeed_plugin
+        stage = int(getattr(plugin, "zero_stage", None) or stage)
+        log.info("accelerate's DeepSpeed config: ZeRO stage %d through train/zero.py (its other options are not read)", stage)
+    sharding.check(mode, cfg.method, cfg.precision, stage)
+    return mode, stage
 
 
 class _Reporter:
@@ -197,15 +212,13 @@ def train(cfg: TrainConfig, model=None, processor=None, sources: list[Source] | 
     """
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    from . import sharding
+    from . import sharding, zero
 
-    sharding.check(cfg.sharding, cfg.method, cfg.precision)
+    sharding.check(cfg.sharding, cfg.method, cfg.precision, cfg.zero_stage)
     acc = _accelerator(cfg)
     world, rank = acc.num_processes, acc.process_index
-    sharded = cfg.sharding == "fsdp" or "FSDP" in str(acc.distributed_type).upper()
-    if sharded and cfg.sharding != "fsdp":
-        sharding.check("fsdp", cfg.method, cfg.precision)
-        log.info("accelerate's FSDP config: sharding with train/sharding.py (its FSDP options are not read)")
+    mode, zero_stage = _mode(cfg, acc)
+    sharded, ds = mode == "fsdp", mode == "deepspeed"
     if cfg.batch_size % (cfg.micro_batch_size * world):
         raise ConfigError(f"batch_size {cfg.batch_size} must be a multiple of micro_batch_size x processes "
                           f"({cfg.micro_batch_size} x {world})")
@@ -249,6 +262,10 @@ def train(cfg: TrainConfig, model=None, processor=None, sources: list[Source] | 
     params = [p for g in groups for p in g["params"]]
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio))
+    engine = None
+    if ds:  # DeepSpeed steps our AdamW (its groups keep their lr, which the schedule sets)
+        engine, zero_optimizer = zero.initialize(loss_module.to(acc.device), optimizer, zero_stage, cfg.micro_batch_size,
+                                                 cfg.batch_size // (cfg.micro_batch_size * world), cfg.max_grad_norm)
 
     # tokenizer / preprocessor files of the starting checkpoint, read now: every saved model folder is
     # complete even if that folder is gone by then
@@ -281,7 +298,8 @@ def train(cfg: TrainConfig, model=None, processor=None, sources: list[Source] | 
         else:  # PEFT's names are the base model's under base_model.model.
             trained.save_pretrained(folder / "adapter", state_dict={f"base_model.model.{k}": v for k, v in part("model.").items()})
 
-    state = {"step": 0, "data_position": 0, "losses": [], "skipped": {}, "sharding": "fsdp" if sharded else "none"}
+    # the optimizer state's layout: by index (none) or by name (fsdp, deepspeed: full tensors, any stage)
+    state = {"step": 0, "data_position": 0, "losses": [], "skipped": {}, "sharding": mode}
     if ckpt is not None:
         written = json.loads((ckpt / "trainer_state.json").read_text()).get("sharding", "none")
         if written != state["sharding"]:  # the optimizer state is keyed by name (sharded) or by index
@@ -290,6 +308,7 @@ def train(cfg: TrainConfig, model=None, processor=None, sources: list[Source] | 
             raise CheckpointError(f"{ckpt} was written with sharding {written!r}; resume it with the same sharding "
                                   f"(this run: {state['sharding']!r}) or start over with --no-resume")
         load_optimizer = ((lambda sd: sharding.load_optimizer_state(loss_module, optimizer, sd)) if sharded
+                          else (lambda sd: zero.load_optimizer_state(engine, zero_optimizer, sd)) if ds
                           else optimizer.load_state_dict)
         state = load_checkpoint(ckpt, load_optimizer, scheduler)
         if acc.is_main_process:
@@ -307,9 +326,11 @@ def train(cfg: TrainConfig, model=None, processor=None, sources: list[Source] | 
     collator = Collator(processor, cfg.max_length, cfg.num_crops, image_labels=image_labels)
     collator.skipped.update(state.get("skipped", {}))
     stream = MixedStream(sources, cfg.probs, cfg.seed, start=state["data_position"])
-    if not sharded:
+    if not (sharded or ds):
         loss_module, optimizer = acc.prepare(loss_module, optimizer)
-    core = loss_module if sharded else acc.unwrap_model(loss_module)
+    core = loss_module if sharded or ds else acc.unwrap_model(loss_module)
+    autocast = (torch.autocast(acc.device.type, dtype=torch.bfloat16) if ds and cfg.precision == "bf16"
+                else _null())  # (DDP: acc.prepare wraps the forward; FSDP: its mixed-precision policy)
     report = _Reporter(out, cfg.report_to, cfg, acc.is_main_process)
     if acc.is_main_process:
         log.info("method %s: %d trainable of %d parameters; %d process(es)", cfg.method, n_train, n_total, world)
@@ -342,19 +363,28 @@ def train(cfg: TrainConfig, model=None, processor=None, sources: list[Source] | 
             sync = i == len(micro) - 1
             if sharded:  # accumulate unsharded gradients; reduce-scatter after the last micro-batch
                 loss_module.set_requires_gradient_sync(sync)
-            with (acc.no_sync(loss_module) if not sync and world > 1 and not sharded else _null()):
-                loss = loss_module(**batch)
-                acc.backward(loss * scale)
+            if ds:  # DeepSpeed reduces at the accumulation boundary, the last micro-batch
+                with autocast:
+                    loss = engine(**batch)
+                zero.backward(engine, loss * scale + zero.touch_all(params))
+                engine.step()
+            else:
+                with acc.no_sync(loss_module) if not sync and world > 1 and not sharded else _null():
+                    loss = loss_module(**batch)
+                    acc.backward(loss * scale)
             loss_sum += loss.detach().double().cpu() * (scale > 0)
         if world > 1:
             loss_sum = acc.reduce(loss_sum.to(acc.device), reduction="sum").cpu()
         grad_norm = None
-        if cfg.max_grad_norm:
-            grad_norm = (sharding.unshard_value(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)) if sharded
-                         else acc.clip_grad_norm_(params, cfg.max_grad_norm))
-        optimizer.step()
+        if ds:  # the boundary's engine.step() clipped, stepped and zeroed
+            grad_norm = engine.get_global_grad_norm() if cfg.max_grad_norm else None
+        else:
+            if cfg.max_grad_norm:
+                grad_norm = (sharding.unshard_value(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)) if sharded
+                             else acc.clip_grad_norm_(params, cfg.max_grad_norm))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
         scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
         step += 1
         dt = time.perf_counter() - t0
         loss_value = float(loss_sum) / n_targets
@@ -372,7 +402,11 @@ def train(cfg: TrainConfig, model=None, processor=None, sources: list[Source] | 
             on_step(step, metrics)
         if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps:
             state.update(data_position=stream.position, skipped=dict(collator.skipped))
-            full, optimizer_state = sharding.full_state(loss_module, optimizer) if sharded else (None, optimizer.state_dict())
+            if sharded:
+                full, optimizer_state = sharding.full_state(loss_module, optimizer)
+            else:  # (DeepSpeed ZeRO 1-2: every process holds the full weights; the moments are gathered)
+                full = None
+                optimizer_state = zero.full_optimizer_state(engine, zero_optimizer) if ds else optimizer.state_dict()
             if acc.is_main_process:
                 save_checkpoint(out, step, lambda folder: save_weights(folder, full), optimizer_state, scheduler, state,
                                 cfg.keep_checkpoints)

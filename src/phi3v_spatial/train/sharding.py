@@ -22,12 +22,16 @@ import torch.nn as nn
 
 from ..errors import ConfigError
 
-MODES = ("none", "fsdp")
+MODES = ("none", "fsdp", "deepspeed")  # deepspeed: train/zero.py
 
 
-def check(sharding: str, method: str, precision: str) -> None:
+def check(sharding: str, method: str, precision: str, zero_stage: int = 2) -> None:
     if sharding not in MODES:
         raise ConfigError(f"sharding must be one of {MODES} (got {sharding!r})")
+    if sharding == "deepspeed":
+        from . import zero
+
+        zero.check(zero_stage, method, precision)
     if sharding == "fsdp" and method == "qlora":
         raise ConfigError("sharding 'fsdp' does not shard 4-bit (qlora) weights; use lora or full")
     if sharding == "fsdp" and precision == "fp16":
