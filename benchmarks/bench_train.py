@@ -5,10 +5,11 @@ is reported. Prints one JSON object last.
 
 With --processes N it also runs full fine-tuning through the training loop itself on N CPU processes
 (torchrun, gloo), as DDP, with `--sharding fsdp` and with `--sharding deepspeed` (ZeRO-1: the whole
-model trains, vision tower included, which ZeRO-2 refuses, see train/zero.py), and reports each process's peak RSS
-while training (before the final checkpoint, which gathers the full tensors on rank 0) and after it.
+model trains, vision tower included, which ZeRO-2 refuses, see train/zero.py), in `--precision` fp32
+or bf16, and reports each process's peak RSS while training (before the final checkpoint, which
+gathers the full tensors on rank 0) and after it.
 
-    python benchmarks/bench_train.py [--preset mid] [--steps 3] [--batch 2] [--threads N] [--processes 2]
+    python benchmarks/bench_train.py [--preset mid] [--steps 3] [--batch 2] [--threads N] [--processes 2] [--precision bf16]
 """
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ def bench(method: str, preset: str, steps: int, batch: int, tokenizer_dir: str) 
             "samples_per_s": batch / dt, "tokens_per_s": n_tokens / dt, "tokens_per_sample": n_tokens / batch}
 
 
-def loop_worker(sharding: str, preset: str, steps: int, batch: int, tokenizer_dir: str, out: str) -> None:
+def loop_worker(sharding: str, preset: str, steps: int, batch: int, tokenizer_dir: str, out: str, precision: str) -> None:
     """One process of a torchrun group: the training loop, full method, on the random preset."""
     import os
 
@@ -85,7 +86,7 @@ def loop_worker(sharding: str, preset: str, steps: int, batch: int, tokenizer_di
         seen["training_peak_rss_mb"] = peak_rss_mb()
 
     cfg = TrainConfig(out=str(Path(out) / "run"), method="full", max_steps=steps + 1, batch_size=batch, num_crops=1,
-                      save_every=0, progress=False, sharding=sharding, zero_stage=1, lr=1e-5, warmup_steps=0, seed=0)
+                      save_every=0, progress=False, sharding=sharding, zero_stage=1, lr=1e-5, precision=precision, warmup_steps=0, seed=0)
     train(cfg, model=random_model(random_config(**PRESETS[preset]), seed=0),
           processor=Phi3VProcessor.from_pretrained(tokenizer_dir, num_crops=1),
           sources=[Source("toy", samples=toy_samples(batch))], on_step=on_step)
@@ -98,7 +99,7 @@ def loop_worker(sharding: str, preset: str, steps: int, batch: int, tokenizer_di
 MODES = {"none": "ddp", "fsdp": "fsdp", "deepspeed": "zero1"}  # --sharding -> result name
 
 
-def multi_process(n: int, preset: str, steps: int, batch: int, tokenizer_dir: str) -> dict:
+def multi_process(n: int, preset: str, steps: int, batch: int, tokenizer_dir: str, precision: str = "fp32") -> dict:
     import os
     import tempfile
 
@@ -107,12 +108,12 @@ def multi_process(n: int, preset: str, steps: int, batch: int, tokenizer_dir: st
         with tempfile.TemporaryDirectory() as out:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n), "--master_port", "29561",
                    __file__, "--loop-worker", sharding, "--preset", preset, "--steps", str(steps), "--batch", str(batch),
-                   "--tokenizer", tokenizer_dir, "--out", out]
+                   "--tokenizer", tokenizer_dir, "--out", out, "--precision", precision]
             env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // n))}
             subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
             ranks = [json.loads(Path(out, f"rank{r}.json").read_text()) for r in range(n)]
         name = f"full_{n}proc_{MODES[sharding]}"
-        results[name] = {"samples_per_s": batch / ranks[0]["step_s"],
+        results[name] = {"samples_per_s": batch / ranks[0]["step_s"], "precision": precision,
                          "training_peak_rss_mb_per_process": [r["training_peak_rss_mb"] for r in ranks],
                          "peak_rss_mb_with_checkpoint_per_process": [r["peak_rss_mb_with_checkpoint"] for r in ranks]}
         print(f"{name}: {results[name]['samples_per_s']:.2f} samples/s, training peak per process "
@@ -135,11 +136,13 @@ def main():
     ap.add_argument("--processes", type=int, help="also: full fine-tuning on N processes, DDP, FSDP and DeepSpeed ZeRO-1")
     ap.add_argument("--loop-worker", choices=list(MODES), help="internal: one process of a torchrun group")
     ap.add_argument("--out", help="internal: where --loop-worker writes")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="--processes runs: fp32, or bf16 (DDP/FSDP: bf16 compute from fp32 weights; DeepSpeed: its bf16 mode)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.loop_worker:
-        loop_worker(a.loop_worker, a.preset, a.steps, a.batch, a.tokenizer, a.out)
+        loop_worker(a.loop_worker, a.preset, a.steps, a.batch, a.tokenizer, a.out, a.precision)
         return
     if a.method:  # child: one method, so peak memory is its own
         r = bench(a.method, a.preset, a.steps, a.batch, a.tokenizer)
@@ -155,7 +158,7 @@ def main():
         print(f"{method}: {results[method]['samples_per_s']:.2f} samples/s, {results[method]['tokens_per_s']:.0f} tokens/s, "
               f"peak {results[method]['peak_rss_mb']:.0f} MB", file=sys.stderr)
     if a.processes:
-        results.update(multi_process(a.processes, a.preset, a.steps, a.batch, a.tokenizer))
+        results.update(multi_process(a.processes, a.preset, a.steps, a.batch, a.tokenizer, a.precision))
     sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     print(json.dumps({"bench": "train", "preset": a.preset, "batch": a.batch, "hardware": platform.processor() or platform.machine(),
                       "threads": torch.get_num_threads(), "torch": torch.__version__, "git": sha, **results,

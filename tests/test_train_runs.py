@@ -218,6 +218,27 @@ def test_two_process_deepspeed_equals_one_process(tiny_checkpoint, tmp_path, met
 
 
 @_needs_deepspeed
+def test_two_process_deepspeed_bf16_keeps_fp32_masters(tiny_checkpoint, tmp_path):
+    """`--precision bf16` under DeepSpeed is its bf16 mode (bf16 compute, fp32 master weights and
+    AdamW states in the partitions): the losses follow one fp32 process's to bf16 rounding, and the
+    saved model is the fp32 masters, not their bf16 rounding."""
+    import torch
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    common = ["--steps", "4", "--batch", "2", "--mixed", "--method", "full"]
+    _run([WORKER, str(one), str(tiny_checkpoint), *common])
+    _two_processes([str(two), str(tiny_checkpoint), *common, "--precision", "bf16", "--sharding", "deepspeed",
+                    "--zero-stage", "1"], 29532)
+    a, b = (json.loads((d / "result.json").read_text()) for d in (one, two))
+    assert b["losses"] == pytest.approx(a["losses"], rel=1e-3) and b["losses"] != a["losses"]
+    x, y = (_tensors(d / "checkpoint-4" / "model" / "model.safetensors") for d in (one, two))
+    assert x.keys() == y.keys()
+    for k in y:
+        assert y[k].dtype == torch.float32 and bool((y[k] != y[k].bfloat16().float()).any()), k
+        assert (x[k] - y[k]).abs().max() <= 1e-2, k  # 4 Adam steps of lr 1e-3 apart at most
+
+
+@_needs_deepspeed
 def test_deepspeed_kill_and_resume_reproduces_the_loss_curve(tiny_checkpoint, tmp_path):
     """ZeRO checkpoints hold full tensors (the AdamW moments gathered from the partitions, keyed by
     name): SIGKILL after step 3 and resuming from step 2 gives the uninterrupted run's losses and
@@ -227,7 +248,7 @@ def test_deepspeed_kill_and_resume_reproduces_the_loss_curve(tiny_checkpoint, tm
     ref, run = tmp_path / "ref", tmp_path / "run"
     common = [str(tiny_checkpoint), "--method", "full", "--mixed", "--steps", "4", "--sharding", "deepspeed",
               "--zero-stage", "1"]
-    _two_processes([str(ref), *common], 29528)
+    _two_processes([str(ref), *common], 29533)
     with pytest.raises(AssertionError):
         _two_processes([str(run), *common, "--kill-at", "3"], 29529)
     assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-2"]

@@ -19,13 +19,13 @@ import torch  # noqa: E402
 from train_helpers import toy_samples  # noqa: E402
 
 
-def config(out, checkpoint, method="lora", steps=6, save_every=2, micro=1, batch=4, sharding="none", zero_stage=2):
+def config(out, checkpoint, method="lora", steps=6, save_every=2, micro=1, batch=4, sharding="none", zero_stage=2, precision="fp32"):
     from phi3v_spatial.train.config import TrainConfig
 
     return TrainConfig(model=str(checkpoint), out=str(out), method=method, lr=1e-2 if method == "lora" else 1e-3,
                        max_steps=steps, batch_size=batch, micro_batch_size=micro, num_crops=1, save_every=save_every,
                        warmup_steps=2, progress=False, lora_r=4, lora_alpha=8, seed=3, sharding=sharding,
-                       zero_stage=zero_stage)
+                       zero_stage=zero_stage, precision=precision)
 
 
 def main():
@@ -41,6 +41,7 @@ def main():
     p.add_argument("--mixed", action="store_true", help="half the samples without an image")
     p.add_argument("--sharding", default="none")
     p.add_argument("--zero-stage", type=int, default=2)
+    p.add_argument("--precision", default="fp32")
     p.add_argument("--bad", action="store_true", help="every third sample's image file is missing")
     a = p.parse_args()
     torch.set_num_threads(1)
@@ -52,7 +53,7 @@ def main():
             os.kill(os.getpid(), signal.SIGKILL)
 
     cfg = config(a.out, a.checkpoint, a.method, a.steps, micro=a.micro, batch=a.batch, sharding=a.sharding,
-                 zero_stage=a.zero_stage)
+                 zero_stage=a.zero_stage, precision=a.precision)
     samples = toy_samples(8, images=a.images or a.mixed or a.bad)
     if a.mixed:  # odd samples text-only: the processes' micro-batches differ in whether the vision tower runs
         samples = [s if i % 2 == 0 else t for i, (s, t) in enumerate(zip(samples, toy_samples(8, images=False)))]

@@ -262,10 +262,11 @@ def train(cfg: TrainConfig, model=None, processor=None, sources: list[Source] | 
     params = [p for g in groups for p in g["params"]]
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio))
-    engine = None
+    run = None
     if ds:  # DeepSpeed steps our AdamW (its groups keep their lr, which the schedule sets)
-        engine, zero_optimizer = zero.initialize(loss_module.to(acc.device), optimizer, zero_stage, cfg.micro_batch_size,
-                                                 cfg.batch_size // (cfg.micro_batch_size * world), cfg.max_grad_norm)
+        run = zero.ZeroRun(loss_module.to(acc.device), optimizer, zero_stage, cfg.micro_batch_size,
+                           cfg.batch_size // (cfg.micro_batch_size * world), cfg.max_grad_norm, cfg.precision,
+                           keep_frozen=cfg.method == "full")
 
     # tokenizer / preprocessor files of the starting checkpoint, read now: every saved model folder is
     # complete even if that folder is gone by then
@@ -308,7 +309,7 @@ def train(cfg: TrainConfig, model=None, processor=None, sources: list[Source] | 
             raise CheckpointError(f"{ckpt} was written with sharding {written!r}; resume it with the same sharding "
                                   f"(this run: {state['sharding']!r}) or start over with --no-resume")
         load_optimizer = ((lambda sd: sharding.load_optimizer_state(loss_module, optimizer, sd)) if sharded
-                          else (lambda sd: zero.load_optimizer_state(engine, zero_optimizer, sd)) if ds
+                          else run.load_optimizer_state if ds
                           else optimizer.load_state_dict)
         state = load_checkpoint(ckpt, load_optimizer, scheduler)
         if acc.is_main_process:
@@ -329,8 +330,6 @@ def train(cfg: TrainConfig, model=None, processor=None, sources: list[Source] | 
     if not (sharded or ds):
         loss_module, optimizer = acc.prepare(loss_module, optimizer)
     core = loss_module if sharded or ds else acc.unwrap_model(loss_module)
-    autocast = (torch.autocast(acc.device.type, dtype=torch.bfloat16) if ds and cfg.precision == "bf16"
-                else _null())  # (DDP: acc.prepare wraps the forward; FSDP: its mixed-precision policy)
     report = _Reporter(out, cfg.report_to, cfg, acc.is_main_process)
     if acc.is_main_process:
         log.info("method %s: %d trainable of %d parameters; %d process(es)", cfg.method, n_train, n_total, world)
@@ -364,10 +363,8 @@ def train(cfg: TrainConfig, model=None, processor=None, sources: list[Source] | 
             if sharded:  # accumulate unsharded gradients; reduce-scatter after the last micro-batch
                 loss_module.set_requires_gradient_sync(sync)
             if ds:  # DeepSpeed reduces at the accumulation boundary, the last micro-batch
-                with autocast:
-                    loss = engine(**batch)
-                zero.backward(engine, loss * scale + zero.touch_all(params))
-                engine.step()
+                loss = run.forward(batch)
+                run.backward_and_step(loss * scale)
             else:
                 with acc.no_sync(loss_module) if not sync and world > 1 and not sharded else _null():
                     loss = loss_module(**batch)
@@ -377,7 +374,7 @@ def train(cfg: TrainConfig, model=None, processor=None, sources: list[Source] | 
             loss_sum = acc.reduce(loss_sum.to(acc.device), reduction="sum").cpu()
         grad_norm = None
         if ds:  # the boundary's engine.step() clipped, stepped and zeroed
-            grad_norm = engine.get_global_grad_norm() if cfg.max_grad_norm else None
+            grad_norm = run.grad_norm() if cfg.max_grad_norm else None
         else:
             if cfg.max_grad_norm:
                 grad_norm = (sharding.unshard_value(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)) if sharded
@@ -404,9 +401,10 @@ def train(cfg: TrainConfig, model=None, processor=None, sources: list[Source] | 
             state.update(data_position=stream.position, skipped=dict(collator.skipped))
             if sharded:
                 full, optimizer_state = sharding.full_state(loss_module, optimizer)
-            else:  # (DeepSpeed ZeRO 1-2: every process holds the full weights; the moments are gathered)
-                full = None
-                optimizer_state = zero.full_optimizer_state(engine, zero_optimizer) if ds else optimizer.state_dict()
+            elif ds:  # (ZeRO 1-2, fp32: every process holds the full weights; bf16: the fp32 masters are gathered)
+                full, optimizer_state = run.full_weights(), run.full_optimizer_state()
+            else:
+                full, optimizer_state = None, optimizer.state_dict()
             if acc.is_main_process:
                 save_checkpoint(out, step, lambda folder: save_weights(folder, full), optimizer_state, scheduler, state,
                                 cfg.keep_checkpoints)

@@ -9,6 +9,14 @@ weights (tokens of the whole global batch), so the result is a single process's 
 global batch. On GPUs DeepSpeed talks NCCL; on CPUs gloo (no oneCCL needed), which is how the tests
 prove it.
 
+Precision. fp32: the module keeps fp32 weights and DeepSpeed an fp32 copy of each partition, which on
+a CPU in fp32 cancels most of what the partitioned moments save (bench_train: ZeRO-1 ~0.97x DDP's
+memory per process at 2 processes). bf16 is DeepSpeed's bf16 mode, where ZeRO pays: the module
+computes in bf16 (its weights a bf16 copy), the fp32 master weights and AdamW states live only in
+the partitions (started from the exact fp32 weights, not their rounding), and checkpoints hold the
+fp32 masters. That is what FSDP's bf16 computes too (bf16 compute from fp32 masters); plain DDP's
+bf16 is autocast over fp32 weights, so the modes agree to bf16 rounding, not bit for bit.
+
 Parameter sharding (ZeRO-3) is not offered here: `--sharding fsdp` (train/sharding.py) is this
 project's fully sharded mode. Stage 3 also mishandles a parameter a step leaves unused (DeepSpeed
 0.19 re-applies its previous gradient), which a vision tower skipped on a text-only micro-batch is.
@@ -40,6 +48,9 @@ import torch.nn as nn
 from ..errors import CheckpointError, ConfigError
 
 STAGES = (1, 2)
+# elements per reduction / all-gather bucket (DeepSpeed's default 5e8 costs ~0.5 GB more per process on
+# the bench's 277M-parameter model for no speed)
+_BUCKET = 50_000_000
 _MOMENTS = ("exp_avg", "exp_avg_sq")
 
 
@@ -53,7 +64,7 @@ def check(stage: int, method: str, precision: str) -> None:
         raise ConfigError("sharding 'deepspeed' does not train 4-bit (qlora) weights; use lora or full, or DDP for qlora")
     if precision == "fp16":
         raise ConfigError("sharding 'deepspeed' does not train in fp16 (that needs DeepSpeed's loss scaler); use fp32 "
-                          "or bf16 (autocast over fp32 weights)")
+                          "or bf16")
 
 
 def _deepspeed():
@@ -64,99 +75,128 @@ def _deepspeed():
     return deepspeed
 
 
-def initialize(loss_module: nn.Module, optimizer: torch.optim.Optimizer, stage: int, micro_batch_size: int,
-               micro_steps: int, max_grad_norm: float | None):
-    """The DeepSpeed engine over `loss_module` (a loop.LossModule) and the loop's own AdamW.
-    `micro_steps`: micro-batches per process per optimizer step. Returns (engine, zero optimizer)."""
-    deepspeed = _deepspeed()
-    if stage == 2:
-        image_side = [n for n, p in loss_module.named_parameters() if p.requires_grad and _image_side(n)]
-        if image_side:
-            raise ConfigError(f"ZeRO stage 2 cannot train the image side ({image_side[0]} and {len(image_side) - 1} more): "
-                              "micro-batches with and without images reach it in a different order (see train/zero.py); "
-                              "use --zero-stage 1, --sharding fsdp, or --freeze-vision --freeze-projector")
-    if not torch.distributed.is_initialized():
-        raise ConfigError("sharding 'deepspeed' runs under a launcher: `accelerate launch` or "
-                          "`torchrun --nproc_per_node N` (a single plain process trains with sharding 'none')")
-    config = {
-        "train_micro_batch_size_per_gpu": micro_batch_size,
-        "gradient_accumulation_steps": micro_steps,
-        "gradient_clipping": float(max_grad_norm or 0.0),
-        "zero_optimization": {"stage": stage},
-        "fp16": {"enabled": False},
-        "bf16": {"enabled": False},  # bf16 is autocast in the loop; DeepSpeed keeps fp32 weights and states
-        "zero_allow_untested_optimizer": True,  # torch's AdamW, as in the other modes
-        "steps_per_print": 2**62,
-    }
-    engine, zero_optimizer, _, _ = deepspeed.initialize(model=loss_module, optimizer=optimizer, config=config,
-                                                        dist_init_required=False)
-    return engine, zero_optimizer
-
-
 def _image_side(name: str) -> bool:
     return "vision_embed_tokens." in name or name.startswith("aux_heads.")
 
 
-def touch_all(params: list[torch.Tensor]) -> torch.Tensor:
-    """0 x the first element of every parameter: added to a micro-batch's loss, every parameter gets
-    a gradient (zeros where the micro-batch did not use it). See the module doc."""
-    return sum(p.reshape(-1)[0] for p in params) * 0.0
+class ZeroRun:
+    """The DeepSpeed engine over a loop.LossModule and the loop's own AdamW, and what the loop asks of
+    it: forward, backward + step, the grad norm, full-tensor checkpoints and their loading.
 
+    `micro_steps`: micro-batches per process per optimizer step. `precision` "bf16" is DeepSpeed's
+    bf16 mode: the module computes in bf16, fp32 master weights and AdamW states live in the
+    partitions (started from the exact fp32 weights, not their bf16 rounding); `keep_frozen` keeps
+    the fp32 values of frozen parameters for the saved model folder (full fine-tuning)."""
 
-def backward(engine, loss: torch.Tensor) -> None:
-    """Backward of a loss the loop already weighted for the global batch (no 1/accumulation)."""
-    engine.backward(loss, scale_wrt_gas=False)
+    def __init__(self, loss_module: nn.Module, optimizer: torch.optim.Optimizer, stage: int, micro_batch_size: int,
+                 micro_steps: int, max_grad_norm: float | None, precision: str = "fp32", keep_frozen: bool = False):
+        deepspeed = _deepspeed()
+        if stage == 2:
+            image_side = [n for n, p in loss_module.named_parameters() if p.requires_grad and _image_side(n)]
+            if image_side:
+                raise ConfigError(f"ZeRO stage 2 cannot train the image side ({image_side[0]} and {len(image_side) - 1} "
+                                  "more): micro-batches with and without images reach it in a different order (see "
+                                  "train/zero.py); use --zero-stage 1, --sharding fsdp, or --freeze-vision --freeze-projector")
+        if not torch.distributed.is_initialized():
+            raise ConfigError("sharding 'deepspeed' runs under a launcher: `accelerate launch` or "
+                              "`torchrun --nproc_per_node N` (a single plain process trains with sharding 'none')")
+        self.bf16 = precision == "bf16"
+        # the fp32 tensors themselves (no copy): DeepSpeed's bf16 cast replaces each parameter's data
+        exact = {n: p.data for n, p in loss_module.named_parameters()} if self.bf16 else {}
+        config = {
+            "train_micro_batch_size_per_gpu": micro_batch_size,
+            "gradient_accumulation_steps": micro_steps,
+            "gradient_clipping": float(max_grad_norm or 0.0),
+            "zero_optimization": {"stage": stage, "reduce_bucket_size": _BUCKET, "allgather_bucket_size": _BUCKET},
+            "fp16": {"enabled": False},
+            "bf16": {"enabled": self.bf16},
+            "zero_allow_untested_optimizer": True,  # torch's AdamW, as in the other modes
+            "steps_per_print": 2**62,
+        }
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=loss_module, optimizer=optimizer, config=config,
+                                                                 dist_init_required=False)
+        self.trained = [(n, p) for n, p in self.engine.module.named_parameters() if p.requires_grad]
+        self.params = [p for _, p in self.trained]
+        self.frozen_fp32 = {}
+        if self.bf16:
+            from deepspeed.utils import safe_set_full_fp32_param
 
+            for n, p in self.trained:
+                safe_set_full_fp32_param(p, exact[n])
+            if keep_frozen:
+                trained = {n for n, _ in self.trained}
+                self.frozen_fp32 = {n: t for n, t in exact.items() if n not in trained}
 
-def trained_named_parameters(engine) -> list[tuple[str, torch.Tensor]]:
-    return [(n, p) for n, p in engine.module.named_parameters() if p.requires_grad]
+    def forward(self, batch: dict) -> torch.Tensor:
+        if self.bf16 and batch.get("pixel_values") is not None:
+            batch = dict(batch, pixel_values=batch["pixel_values"].to(torch.bfloat16))
+        return self.engine(**batch)
 
+    def backward_and_step(self, loss: torch.Tensor) -> None:
+        """Backward of a loss the loop already weighted for the global batch (no 1/accumulation),
+        plus 0 x one element of every trained parameter (see the module doc); then DeepSpeed's
+        step, which reduces, clips, steps and zeroes at the accumulation boundary only."""
+        touch = sum(p.reshape(-1)[0] for p in self.params) * 0.0
+        self.engine.backward(loss + touch, scale_wrt_gas=False)
+        self.engine.step()
 
-def full_optimizer_state(engine, zero_optimizer) -> dict:
-    """The AdamW state as full tensors keyed by parameter name, with the groups' settings:
-    {"state": {name: {"step", "exp_avg", "exp_avg_sq"}}, "param_groups": [...]}. Collective: every
-    process calls it; all get the same dict."""
-    from deepspeed.utils import safe_get_full_optimizer_state
+    def grad_norm(self) -> float | None:
+        return self.engine.get_global_grad_norm()
 
-    inner = zero_optimizer.optimizer
-    steps = [s.get("step") for s in inner.state.values() if "step" in s]
-    step = steps[0] if steps else None
-    state = {}
-    for name, p in trained_named_parameters(engine):
-        moments = {k: safe_get_full_optimizer_state(p, k) for k in _MOMENTS}
-        if step is not None and all(m is not None for m in moments.values()):
-            state[name] = {"step": torch.as_tensor(step, dtype=torch.float32).clone(),
-                           **{k: m.detach().cpu().reshape(p.shape).clone() for k, m in moments.items()}}
-    groups = [{k: v for k, v in g.items() if k != "params"} for g in inner.param_groups]
-    return {"state": state, "param_groups": groups}
+    def full_weights(self) -> dict | None:
+        """For a checkpoint: None when the module's own tensors are the full fp32 weights (fp32),
+        else {name: fp32 tensor} of the trained (master) and, when kept, frozen parameters.
+        Collective."""
+        if not self.bf16:
+            return None
+        from deepspeed.utils import safe_get_full_fp32_param
 
+        full = {n: safe_get_full_fp32_param(p).detach().cpu().reshape(p.shape) for n, p in self.trained}
+        return {**self.frozen_fp32, **full}
 
-def load_optimizer_state(engine, zero_optimizer, saved: dict) -> None:
-    """Load a `full_optimizer_state` dict (read by every process) into the partitioned optimizer."""
-    from deepspeed.utils import safe_set_full_optimizer_state
+    def full_optimizer_state(self) -> dict:
+        """The AdamW state as full tensors keyed by parameter name, with the groups' settings:
+        {"state": {name: {"step", "exp_avg", "exp_avg_sq"}}, "param_groups": [...]}. Collective:
+        every process calls it; all get the same dict."""
+        from deepspeed.utils import safe_get_full_optimizer_state
 
-    inner = zero_optimizer.optimizer
-    names = [n for n, _ in trained_named_parameters(engine)]
-    state = saved.get("state", {})
-    if set(state) != set(names) and state:
-        missing, extra = sorted(set(names) - set(state)), sorted(set(state) - set(names))
-        raise CheckpointError(f"optimizer state does not match the trained parameters (missing {missing[:5]}, "
-                              f"unexpected {extra[:5]})")
-    for group, saved_group in zip(inner.param_groups, saved.get("param_groups", [])):
-        group.update({k: v for k, v in saved_group.items() if k in group and k != "params"})
-    if not state:  # saved before the first optimizer step
-        return
-    # torch's AdamW makes its state at the first step: make it now for the flat partitions, then let
-    # DeepSpeed link each parameter's view into it, and fill those views
-    for group in inner.param_groups:
-        for flat in group["params"]:
-            if not inner.state[flat]:
-                inner.state[flat] = {"step": torch.zeros((), dtype=torch.float32),
-                                     **{k: torch.zeros_like(flat) for k in _MOMENTS}}
-    zero_optimizer._lazy_init_hp_params_optimizer_state()
-    for name, p in trained_named_parameters(engine):
-        for k in _MOMENTS:
-            safe_set_full_optimizer_state(p, state[name][k].to(p.device), k)
-    step = next(iter(state.values()))["step"]
-    for s in inner.state.values():
-        s["step"] = torch.as_tensor(step, dtype=torch.float32).clone()
+        inner = self.optimizer.optimizer
+        steps = [s.get("step") for s in inner.state.values() if "step" in s]
+        state = {}
+        for name, p in self.trained:
+            moments = {k: safe_get_full_optimizer_state(p, k) for k in _MOMENTS}
+            if steps and all(m is not None for m in moments.values()):
+                state[name] = {"step": torch.as_tensor(steps[0], dtype=torch.float32).clone(),
+                               **{k: m.detach().cpu().reshape(p.shape).clone() for k, m in moments.items()}}
+        groups = [{k: v for k, v in g.items() if k != "params"} for g in inner.param_groups]
+        return {"state": state, "param_groups": groups}
+
+    def load_optimizer_state(self, saved: dict) -> None:
+        """Load a `full_optimizer_state` dict (read by every process) into the partitioned optimizer."""
+        from deepspeed.utils import safe_set_full_optimizer_state
+
+        inner = self.optimizer.optimizer
+        names = [n for n, _ in self.trained]
+        state = saved.get("state", {})
+        if state and set(state) != set(names):
+            missing, extra = sorted(set(names) - set(state)), sorted(set(state) - set(names))
+            raise CheckpointError(f"optimizer state does not match the trained parameters (missing {missing[:5]}, "
+                                  f"unexpected {extra[:5]})")
+        for group, saved_group in zip(inner.param_groups, saved.get("param_groups", [])):
+            group.update({k: v for k, v in saved_group.items() if k in group and k != "params"})
+        if not state:  # saved before the first optimizer step
+            return
+        # torch's AdamW makes its state at the first step: make it now for the flat partitions, let
+        # DeepSpeed link each parameter's view into it (private, idempotent), and fill those views
+        for group in inner.param_groups:
+            for flat in group["params"]:
+                if not inner.state[flat]:
+                    inner.state[flat] = {"step": torch.zeros((), dtype=torch.float32),
+                                         **{k: torch.zeros_like(flat) for k in _MOMENTS}}
+        self.optimizer._lazy_init_hp_params_optimizer_state()
+        for name, p in self.trained:
+            for k in _MOMENTS:
+                safe_set_full_optimizer_state(p, state[name][k].to(p.device), k)
+        step = next(iter(state.values()))["step"]
+        for s in inner.state.values():
+            s["step"] = torch.as_tensor(step, dtype=torch.float32).clone()
