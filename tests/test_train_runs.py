@@ -263,7 +263,7 @@ def test_deepspeed_kill_and_resume_reproduces_the_loss_curve(tiny_checkpoint, tm
     assert all(bool((x[k] == y[k]).all()) for k in x)
 
 
-def test_deepspeed_refusals(tiny_checkpoint, tmp_path):
+def test_deepspeed_refusals(tiny_checkpoint, tmp_path, monkeypatch):
     """What `sharding: deepspeed` does not do is a clear ConfigError before any training: ZeRO-3,
     4-bit weights, fp16, stage 2 over a trainable image side (see train/zero.py), no launcher; an
     accelerate DeepSpeed config is mapped onto the same checks."""
@@ -293,3 +293,18 @@ def test_deepspeed_refusals(tiny_checkpoint, tmp_path):
     acc.state.deepspeed_plugin.zero_stage = 3
     with pytest.raises(ConfigError, match="--sharding fsdp"):
         _mode(cfg.replace(sharding="none"), acc)
+    # on a CPU `accelerate launch --use_deepspeed` leaves the accelerator plain: its variables decide
+    cpu = SimpleNamespace(distributed_type="DistributedType.MULTI_CPU", state=SimpleNamespace())
+    assert _mode(cfg.replace(sharding="none"), cpu) == ("none", cfg.zero_stage)
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "1")
+    assert _mode(cfg.replace(sharding="none"), cpu) == ("deepspeed", 1)
+    monkeypatch.delenv("ACCELERATE_DEEPSPEED_ZERO_STAGE")
+    ds_config = tmp_path / "ds.json"
+    ds_config.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(ds_config))
+    with pytest.raises(ConfigError, match="--sharding fsdp"):
+        _mode(cfg.replace(sharding="none"), cpu)
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert _mode(cfg.replace(sharding="none", method="lora"), cpu)[0] == "fsdp"

@@ -139,20 +139,40 @@ def _accelerator(cfg: TrainConfig):
 
 def _mode(cfg: TrainConfig, acc) -> tuple[str, int]:
     """(sharding, ZeRO stage): the config's, or what an accelerate FSDP / DeepSpeed config asks for
-    (only its choice of mode and ZeRO stage is read; the loop applies the mode itself)."""
+    (only its choice of mode and ZeRO stage is read; the loop applies the mode itself). Read from
+    the accelerator's state and from the variables `accelerate launch` sets: on a CPU the
+    accelerator itself stays plain multi-process whatever the config says."""
+    import os
+
     from . import sharding
 
     kind = str(acc.distributed_type).upper()
     mode, stage = cfg.sharding, cfg.zero_stage
-    if "FSDP" in kind and mode != "fsdp":
+    if ("FSDP" in kind or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true") and mode != "fsdp":
         mode = "fsdp"
         log.info("accelerate's FSDP config: sharding with train/sharding.py (its FSDP options are not read)")
-    elif "DEEPSPEED" in kind and mode != "deepspeed":
-        mode, plugin = "deepspeed", acc.state.deepspeed_plugin
-        stage = int(getattr(plugin, "zero_stage", None) or stage)
+    elif ("DEEPSPEED" in kind or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true") and mode != "deepspeed":
+        mode, stage = "deepspeed", _accelerate_zero_stage(acc) or stage
         log.info("accelerate's DeepSpeed config: ZeRO stage %d through train/zero.py (its other options are not read)", stage)
     sharding.check(mode, cfg.method, cfg.precision, stage)
     return mode, stage
+
+
+def _accelerate_zero_stage(acc) -> int | None:
+    """The ZeRO stage of an accelerate DeepSpeed config: its plugin's, the launcher's variable, or
+    the stage in its DeepSpeed config file."""
+    import os
+
+    plugin = getattr(acc.state, "deepspeed_plugin", None)
+    if getattr(plugin, "zero_stage", None) is not None:
+        return int(plugin.zero_stage)
+    if os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE"):
+        return int(os.environ["ACCELERATE_DEEPSPEED_ZERO_STAGE"])
+    path = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+    if path and Path(path).is_file():
+        stage = json.loads(Path(path).read_text()).get("zero_optimization", {}).get("stage")
+        return None if stage in (None, "auto") else int(stage)
+    return None
 
 
 class _Reporter:

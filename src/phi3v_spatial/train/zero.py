@@ -101,6 +101,7 @@ class ZeroRun:
             raise ConfigError("sharding 'deepspeed' runs under a launcher: `accelerate launch` or "
                               "`torchrun --nproc_per_node N` (a single plain process trains with sharding 'none')")
         self.bf16 = precision == "bf16"
+        self.rank = torch.distributed.get_rank()
         # the fp32 tensors themselves (no copy): DeepSpeed's bf16 cast replaces each parameter's data
         exact = {n: p.data for n, p in loss_module.named_parameters()} if self.bf16 else {}
         config = {
@@ -146,18 +147,22 @@ class ZeroRun:
     def full_weights(self) -> dict | None:
         """For a checkpoint: None when the module's own tensors are the full fp32 weights (fp32),
         else {name: fp32 tensor} of the trained (master) and, when kept, frozen parameters.
-        Collective."""
+        Collective: every process calls it; rank 0 gets the tensors, the others an empty dict."""
         if not self.bf16:
             return None
         from deepspeed.utils import safe_get_full_fp32_param
 
-        full = {n: safe_get_full_fp32_param(p).detach().cpu().reshape(p.shape) for n, p in self.trained}
-        return {**self.frozen_fp32, **full}
+        full = {}
+        for n, p in self.trained:  # gathered one at a time, kept by rank 0 only
+            t = safe_get_full_fp32_param(p)
+            if self.rank == 0:
+                full[n] = t.detach().cpu().reshape(p.shape)
+        return {**self.frozen_fp32, **full} if self.rank == 0 else {}
 
     def full_optimizer_state(self) -> dict:
         """The AdamW state as full tensors keyed by parameter name, with the groups' settings:
         {"state": {name: {"step", "exp_avg", "exp_avg_sq"}}, "param_groups": [...]}. Collective:
-        every process calls it; all get the same dict."""
+        every process calls it; rank 0 gets the tensors, the others the groups only."""
         from deepspeed.utils import safe_get_full_optimizer_state
 
         inner = self.optimizer.optimizer
@@ -165,7 +170,7 @@ class ZeroRun:
         state = {}
         for name, p in self.trained:
             moments = {k: safe_get_full_optimizer_state(p, k) for k in _MOMENTS}
-            if steps and all(m is not None for m in moments.values()):
+            if self.rank == 0 and steps and all(m is not None for m in moments.values()):
                 state[name] = {"step": torch.as_tensor(steps[0], dtype=torch.float32).clone(),
                                **{k: m.detach().cpu().reshape(p.shape).clone() for k, m in moments.items()}}
         groups = [{k: v for k, v in g.items() if k != "params"} for g in inner.param_groups]
