@@ -4,8 +4,8 @@ At batch 1 a large model's decode step streams its weights once per token, and i
 the KV cache, so its speed is the rate at which those reads go. On this project's machine (2-core
 Zen 4 VM) the kernels torch reaches read both well below what a plain `sum` reads memory at:
 - the one-row GEMV (oneDNN ~25-33 GB/s where a sum reads 45-58 GB/s in the VM's fast phases):
-  `kernels/gemv.c` gives each thread a contiguous block of weight rows and reads them front to back
-  as four sequential streams, and in the same moments reads close to a sum (`native_gemv`); for the
+  `kernels/gemv.c` cuts the weight rows into ~8 MiB chunks that the threads take in turn, each read
+  front to back as four sequential streams, and in the same moments reads close to a sum (`native_gemv`); for the
   2-8 rows of a small batch's step its sibling reads each weight row once for all rows
   (`native_gemm_rows`, ~1.4x oneDNN's small-M product at 2 rows, ~1.25x its packed GEMM at 8);
 - one query's attention as two batched matmuls over the transposed key view (~13 GB/s over a

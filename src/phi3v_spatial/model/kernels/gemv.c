@@ -4,11 +4,11 @@
  *
  * Why by hand: at batch 1 the decode step of a large model is a stream over its weights, and the GEMV
  * kernels torch reaches (oneDNN, OpenBLAS, MKL) read a one-row product's weights markedly slower than a
- * plain sum reads memory on this project's machine. Each thread takes a contiguous block of rows and
- * reads four of them at a time, one from each quarter of its block: four sequential streams far
- * apart, which keep more cache-line fills in flight than one (measured on the project's 2-core Zen 4
- * VM, interleaved in one process: ~25% faster than one stream per thread, ~10% faster than two, and
- * faster than a plain one-stream sum of the same memory). Each row is read front to back with a
+ * plain sum reads memory on this project's machine. The rows are cut into chunks (~8 MiB) that the
+ * threads take in turn (see chunk_rows); a thread reads four rows of its chunk at a time, one from
+ * each quarter: four sequential streams apart, which keep more cache-line fills in flight than one
+ * (measured on the project's 2-core Zen 4 VM, interleaved in one process: ~25% faster than one stream
+ * per thread, ~10% faster than two, and faster than a plain one-stream sum of the same memory). Each row is read front to back with a
  * 16-lane accumulator and a software
  * prefetch `prefetch` floats ahead into the outer cache levels (locality 1: on x86 prefetcht2, which
  * Zen fills into L2, leaving L1 to the vector x; faster there than prefetching into L1).
@@ -49,19 +49,35 @@ static inline void four_rows(const float *const w[4], const float *x, int64_t K,
     }
 }
 
+/* Rows per chunk of work: ~8 MiB of weights (672 rows at K = 3072) but at least ~4 chunks per thread,
+ * a multiple of 12 (whole groups of 2, 3 or 4 rows). Threads take chunks one at a time (dynamic
+ * schedule) rather than a fixed half each: on the project's 2-core VM one core often streams ~10-20%
+ * slower than the other in the fast-memory phases (a neighbour's load), and with fixed halves the
+ * faster one then waits (lm_head: 6.3 against 8.0 ms). Over phi3-2l's weights, interleaved in one
+ * process, against fixed halves: one row 1.02x in the fast phases (mean 57.0 against 56.0 GB/s, a
+ * sum reading 60-62), 8 rows 1.05x; 3 MiB chunks were 0.97x at one row (a chunk's four streams start
+ * cold), larger ones par. */
+static inline int64_t chunk_rows(int64_t N, int64_t K, int nthreads) {
+    int64_t r = (2048 * 1024) / (K > 0 ? K : 1);
+    const int64_t fair = N / (4 * (nthreads > 0 ? nthreads : 1));
+    r = fair < r ? fair : r;
+    r = r < 12 ? 12 : r > 4096 ? 4096 : r;
+    return r - r % 12;
+}
+
 void phi3v_gemv_f32(const float *W, const float *x, float *y, int64_t N, int64_t K, int64_t ldw,
                     int nthreads, int64_t prefetch) {
-#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
-    {
-        const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
-        const int64_t lo = N * id / nt, hi = N * (id + 1) / nt, q = (hi - lo) / 4;
-        for (int64_t i = 0; i < q; i++) { /* row i of each quarter of the block */
+    const int64_t chunk = chunk_rows(N, K, nthreads), nchunks = (N + chunk - 1) / chunk;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads) if (nthreads > 1 && nchunks > 1)
+    for (int64_t c = 0; c < nchunks; c++) {
+        const int64_t lo = c * chunk, hi = lo + chunk < N ? lo + chunk : N, q = (hi - lo) / 4;
+        for (int64_t i = 0; i < q; i++) { /* row i of each quarter of the chunk */
             const float *w[4] = {W + (lo + i) * ldw, W + (lo + q + i) * ldw, W + (lo + 2 * q + i) * ldw,
                                  W + (lo + 3 * q + i) * ldw};
             float *out[4] = {y + lo + i, y + lo + q + i, y + lo + 2 * q + i, y + lo + 3 * q + i};
             four_rows(w, x, K, prefetch, out);
         }
-        for (int64_t n = lo + 4 * q; n < hi; n++) { /* the block's last 0-3 rows, one at a time */
+        for (int64_t n = lo + 4 * q; n < hi; n++) { /* the chunk's last 0-3 rows, one at a time */
             float unused[3];
             const float *w[4] = {W + n * ldw, W + n * ldw, W + n * ldw, W + n * ldw};
             float *out[4] = {y + n, unused, unused + 1, unused + 2};
@@ -71,9 +87,9 @@ void phi3v_gemv_f32(const float *W, const float *x, float *y, int64_t N, int64_t
 }
 
 /* A few rows at once (the decode step of a small batch): Y[m, n] = sum_k W[n, k] * X[m, k] for M rows
- * of X (ldx floats apart; Y rows ldy apart). Each weight row is read once for up to 8 rows of X: per
- * thread a contiguous block of weight rows, taken 2 at a time for 1-3 rows of X (one from each half of
- * the block: two streams) and 3 at a time for 4-8 (one from each third), each loaded 16 floats at a
+ * of X (ldx floats apart; Y rows ldy apart). Each weight row is read once for up to 8 rows of X: the
+ * same chunks as the GEMV, their rows taken 2 at a time for 1-3 rows of X (one from each half of the
+ * chunk: two streams) and 3 at a time for 4-8 (one from each third), each loaded 16 floats at a
  * time and multiplied into 2 x M or 3 x M accumulators (at most 24 of the 32 vector registers). MB is
  * a compile-time row count (the switches below), so the loops over rows unroll. Measured on the
  * project's 2-core Zen 4 VM against oneDNN (its small-M GEMM at 2-3 rows, its packed-weight GEMM at
@@ -124,16 +140,16 @@ static void some_rows(const float *const w[3], const float *X, int64_t ldx, int6
 
 void phi3v_gemm_rows_f32(const float *W, const float *X, float *Y, int64_t N, int64_t K, int64_t ldw, int64_t M,
                          int64_t ldx, int64_t ldy, int nthreads, int64_t prefetch) {
-#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
-    {
-        const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
-        const int64_t lo = N * id / nt, hi = N * (id + 1) / nt;
-        for (int64_t m0 = 0; m0 < M; m0 += 8) { /* at most 8 rows of X per pass over the weights */
+    const int64_t chunk = chunk_rows(N, K, nthreads), nchunks = (N + chunk - 1) / chunk;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads) if (nthreads > 1 && nchunks > 1)
+    for (int64_t c = 0; c < nchunks; c++) {
+        const int64_t lo = c * chunk, hi = lo + chunk < N ? lo + chunk : N;
+        for (int64_t m0 = 0; m0 < M; m0 += 8) { /* at most 8 rows of X per pass over the chunk */
             const int MB = (int)(M - m0 < 8 ? M - m0 : 8), R = MB >= 4 ? 3 : 2;
             const float *Xm = X + m0 * ldx;
             float *Ym = Y + m0 * ldy;
             const int64_t part = (hi - lo) / R;
-            for (int64_t i = 0; i < part; i++) { /* row i of each of the block's R parts */
+            for (int64_t i = 0; i < part; i++) { /* row i of each of the chunk's R parts */
                 const float *w[3];
                 float *y[3];
                 for (int r = 0; r < R; r++) {
@@ -142,7 +158,7 @@ void phi3v_gemm_rows_f32(const float *W, const float *X, float *Y, int64_t N, in
                 }
                 some_rows(w, Xm, ldx, K, prefetch, y, ldy, MB);
             }
-            for (int64_t n = lo + R * part; n < hi; n++) { /* the block's last rows (each computed R times into its place) */
+            for (int64_t n = lo + R * part; n < hi; n++) { /* the chunk's last rows (each computed R times into its place) */
                 const float *w[3] = {W + n * ldw, W + n * ldw, W + n * ldw};
                 float *y[3] = {Ym + n, Ym + n, Ym + n};
                 some_rows(w, Xm, ldx, K, prefetch, y, ldy, MB);
