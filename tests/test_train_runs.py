@@ -122,27 +122,35 @@ def test_two_process_fsdp_with_bad_samples_equals_one_process(tiny_checkpoint, t
     assert sum(state["skipped"].values()) > 0
 
 
+def _kill_and_resume(tmp_path, common, steps, kill_at, ports):
+    """A 2-process run, the same run SIGKILLed after step `kill_at` and resumed by 2 processes, and
+    its checkpoint resumed by 1 process: both resumed runs give the uninterrupted losses, the 2-process
+    one bit-exact weights. `common`: the worker's arguments after OUT; `ports`: four free ports."""
+    import shutil
+
+    ref, run, one = tmp_path / "ref", tmp_path / "run", tmp_path / "one"
+    _two_processes([str(ref), *common], ports[0])
+    with pytest.raises(AssertionError):  # both processes SIGKILL themselves after step `kill_at`
+        _two_processes([str(run), *common, "--kill-at", str(kill_at)], ports[1])
+    saved = [f"checkpoint-{s}" for s in range(2, kill_at + 1, 2)]  # the worker saves every 2 steps
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == saved
+    shutil.copytree(run, one)  # the same checkpoint, resumed by a single process
+    _two_processes([str(run), *common], ports[2])
+    _run(["-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", str(ports[3]), WORKER, str(one),
+          *common], env={"ACCELERATE_USE_CPU": "1"})
+    a, b, c = (json.loads((d / "result.json").read_text()) for d in (ref, run, one))
+    assert len(b["losses"]) == steps and b["losses"] == pytest.approx(a["losses"], rel=1e-6)
+    assert c["world"] == 1 and c["losses"] == pytest.approx(a["losses"], rel=1e-6)
+    x, y = (_tensors(d / f"checkpoint-{steps}" / "model" / "model.safetensors") for d in (ref, run))
+    assert all(bool((x[k] == y[k]).all()) for k in x)
+
+
 def test_fsdp_kill_and_resume_reproduces_the_loss_curve(tiny_checkpoint, tmp_path):
     """Sharded checkpoints hold full tensors (optimizer keyed by parameter name): SIGKILL at step 5
     and resuming from step 4 gives the uninterrupted sharded run's losses and weights, also when
     one process resumes what two wrote."""
-    ref, run = tmp_path / "ref", tmp_path / "run"
     common = [str(tiny_checkpoint), "--method", "full", "--mixed", "--sharding", "fsdp"]
-    _two_processes([str(ref), *common], 29520)
-    with pytest.raises(AssertionError):  # both processes SIGKILL themselves after step 5
-        _two_processes([str(run), *common, "--kill-at", "5"], 29521)
-    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
-    import shutil
-
-    shutil.copytree(run, tmp_path / "one")  # the same checkpoint, resumed by a single sharded process
-    _two_processes([str(run), *common], 29522)
-    _run(["-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", "29524", WORKER,
-          str(tmp_path / "one"), *common], env={"ACCELERATE_USE_CPU": "1"})
-    a, b, c = (json.loads((d / "result.json").read_text()) for d in (ref, run, tmp_path / "one"))
-    assert len(b["losses"]) == 6 and b["losses"] == pytest.approx(a["losses"], rel=1e-6)
-    assert c["world"] == 1 and c["losses"] == pytest.approx(a["losses"], rel=1e-6)
-    x, y = (_tensors(d / "checkpoint-6" / "model" / "model.safetensors") for d in (ref, run))
-    assert all(bool((x[k] == y[k]).all()) for k in x)
+    _kill_and_resume(tmp_path, common, 6, 5, (29520, 29521, 29522, 29524))
 
 
 def test_fsdp_needs_a_launcher_and_its_checkpoints_its_sharding(tiny_checkpoint, tmp_path):
@@ -243,24 +251,9 @@ def test_deepspeed_kill_and_resume_reproduces_the_loss_curve(tiny_checkpoint, tm
     """ZeRO checkpoints hold full tensors (the AdamW moments gathered from the partitions, keyed by
     name): SIGKILL after step 3 and resuming from step 2 gives the uninterrupted run's losses and
     weights, also when one process resumes what two wrote."""
-    import shutil
-
-    ref, run = tmp_path / "ref", tmp_path / "run"
     common = [str(tiny_checkpoint), "--method", "full", "--mixed", "--steps", "4", "--sharding", "deepspeed",
               "--zero-stage", "1"]
-    _two_processes([str(ref), *common], 29533)
-    with pytest.raises(AssertionError):
-        _two_processes([str(run), *common, "--kill-at", "3"], 29529)
-    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-2"]
-    shutil.copytree(run, tmp_path / "one")
-    _two_processes([str(run), *common], 29530)
-    _run(["-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", "29531", WORKER,
-          str(tmp_path / "one"), *common], env={"ACCELERATE_USE_CPU": "1"})
-    a, b, c = (json.loads((d / "result.json").read_text()) for d in (ref, run, tmp_path / "one"))
-    assert len(b["losses"]) == 4 and b["losses"] == pytest.approx(a["losses"], rel=1e-6)
-    assert c["world"] == 1 and c["losses"] == pytest.approx(a["losses"], rel=1e-6)
-    x, y = (_tensors(d / "checkpoint-4" / "model" / "model.safetensors") for d in (ref, run))
-    assert all(bool((x[k] == y[k]).all()) for k in x)
+    _kill_and_resume(tmp_path, common, 4, 3, (29533, 29529, 29530, 29531))
 
 
 def test_deepspeed_refusals(tiny_checkpoint, tmp_path, monkeypatch):
