@@ -211,9 +211,12 @@ def load_pretrained(path_or_id, dtype=None, device=None, attn_implementation="sd
     config = Phi3VConfig.from_pretrained(folder)
     dtype = resolve_dtype(dtype, config)
     device = resolve_device(device)
-    files = weight_files(folder)
     with torch.device("meta"):
         model = Phi3VForCausalLM(config, attn_implementation=attn_implementation)
+    if device.type == "meta":  # a skeleton: the weights are not read (distributed loading fills it)
+        model.name_or_path = str(folder)
+        return model.to(dtype).eval()
+    files = weight_files(folder)
     tensors = iter_tensors(files)
     if progress:
         from tqdm import tqdm

@@ -248,10 +248,17 @@ def train(cfg: TrainConfig, model=None, processor=None, sources: list[Source] | 
         (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
     seed_everything(cfg.seed)
 
+    # fully sharded over many processes, loading the model itself: only rank 0 reads the weights; the
+    # others build it on the meta device and receive their shards from rank 0 (sharding.shard)
+    from_rank0 = model is None and sharded and world > 1
+    on_meta = from_rank0 and rank != 0
     if model is None:
         from ..model import Phi3VForCausalLM
 
-        model = Phi3VForCausalLM.from_pretrained(cfg.model, torch_dtype=torch.float32)
+        model = Phi3VForCausalLM.from_pretrained(cfg.model, torch_dtype=torch.float32,
+                                                 device_map="meta" if on_meta else None)
+        if on_meta:
+            log.info("process %d: the model on the meta device; its shards come from rank 0", rank)
     if processor is None:
         from ..processing import Phi3VProcessor
 
@@ -266,7 +273,7 @@ def train(cfg: TrainConfig, model=None, processor=None, sources: list[Source] | 
         base.gradient_checkpointing_enable()
     n_train, n_total = trainable_parameters(trained)
     ckpt = latest_checkpoint(out) if cfg.resume else None
-    if ckpt is not None:  # weights before sharding: every process reads the full tensors
+    if ckpt is not None and not on_meta:  # weights before sharding (the meta processes get rank 0's)
         _load_weights(ckpt, cfg.method, base, trained)
         for name, heads in (aux_heads or {}).items():
             if (ckpt / f"{name}_aux_heads.safetensors").is_file():
@@ -275,7 +282,8 @@ def train(cfg: TrainConfig, model=None, processor=None, sources: list[Source] | 
                 heads.load_state_dict(load_file(str(ckpt / f"{name}_aux_heads.safetensors")))
     loss_module = LossModule(base, aux_heads, aux_weights)
     if sharded:  # parameters become shards (DTensors); the optimizer is built over those
-        sharding.shard(loss_module.to(acc.device), acc.device, world, cfg.precision)
+        sharding.shard(loss_module.to("meta" if on_meta else acc.device), acc.device, world, cfg.precision,
+                       from_rank0=from_rank0)
     groups = param_groups(trained, cfg.lr, cfg.lr_vision_scale)
     if aux_heads is not None:  # the heads learn with the image side
         groups.append({"params": list(aux_heads.parameters()), "lr": cfg.lr * cfg.lr_vision_scale})

@@ -12,6 +12,9 @@ groups of its own: a process whose micro-batch has no image does not run it, and
 gather must be entered by all processes. Parameters a process did not use (no image, no auxiliary
 labels) reduce a zero gradient, so processes with different batches stay in step.
 
+Loading: when the loop loads the model itself, only rank 0 reads the weights; the other processes
+build the model on the meta device and get their shards from rank 0 (`shard(..., from_rank0=True)`).
+
 Checkpoints hold full (unsharded) tensors with the usual key names, written by rank 0: a run can
 resume under any number of processes, and the weights are a normal model folder / PEFT adapter.
 """
@@ -38,8 +41,12 @@ def check(sharding: str, method: str, precision: str, zero_stage: int = 2) -> No
         raise ConfigError("sharding 'fsdp' trains in fp32 or bf16 (fp16 would need a sharded loss scaler)")
 
 
-def shard(loss_module: nn.Module, device: torch.device, world: int, precision: str) -> nn.Module:
-    """Shard `loss_module` (a loop.LossModule on `device`) in place over `world` processes."""
+def shard(loss_module: nn.Module, device: torch.device, world: int, precision: str, from_rank0: bool = False) -> nn.Module:
+    """Shard `loss_module` (a loop.LossModule on `device`) in place over `world` processes.
+
+    `from_rank0` (every process passes the same): rank 0 holds the real weights and the other
+    processes a skeleton on the meta device (no weights read, no memory); each process's shards are
+    then sent from rank 0's full tensors, which rank 0 drops once they are out."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -52,10 +59,18 @@ def shard(loss_module: nn.Module, device: torch.device, world: int, precision: s
     # process that skips the vision tower reduces fp32 zeros for it.
     layer_mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, output_dtype=torch.float32)
                 if precision == "bf16" else MixedPrecisionPolicy())
+    full = loss_module.state_dict() if from_rank0 and torch.distributed.get_rank() == 0 else {}
     for layer in loss_module.model.model.layers:
         fully_shard(layer, mesh=mesh, mp_policy=layer_mp)
     fully_shard(loss_module, mesh=mesh)
     loss_module.set_reduce_scatter_unused_params(True)
+    if from_rank0:
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+        if any(p.is_meta for p in loss_module.parameters()):
+            loss_module.to_empty(device=device)
+        set_model_state_dict(loss_module, full, options=_options(broadcast_from_rank0=True))
+        full.clear()
     return loss_module
 
 
