@@ -82,17 +82,16 @@ def test_two_process_ddp_full_with_text_only_samples_equals_one_process(tiny_che
     assert list(a["params"].values()) == pytest.approx(list(b["params"].values()), rel=1e-6, abs=1e-7)
 
 
-@pytest.mark.parametrize("method", ["lora", "full"])
-def test_two_process_fsdp_equals_one_process(tiny_checkpoint, tmp_path, method):
-    """`sharding: fsdp` over 2 processes, with text-only and image samples mixed: the same losses and
-    the same saved weights (full: the model folder, gathered from the shards; lora: the PEFT
-    adapter, same keys) as one unsharded process."""
+def _equals_one_process(tiny_checkpoint, tmp_path, method, sharding_args, port):
+    """4 steps of `method` on 2 processes with `sharding_args`, text-only and image samples mixed:
+    the same losses and the same saved weights (full: the model folder; lora: the PEFT adapter,
+    same keys) as one plain process."""
     import torch
 
     one, two = tmp_path / "one", tmp_path / "two"
     common = ["--steps", "4", "--batch", "2", "--mixed", "--method", method]
     _run([WORKER, str(one), str(tiny_checkpoint), *common])
-    _two_processes([str(two), str(tiny_checkpoint), *common, "--sharding", "fsdp"], 29519)
+    _two_processes([str(two), str(tiny_checkpoint), *common, *sharding_args], port)
     a, b = (json.loads((d / "result.json").read_text()) for d in (one, two))
     assert b["world"] == 2 and a["losses"] == pytest.approx(b["losses"], rel=1e-6)
     assert a["losses"][-1] < a["losses"][0]
@@ -106,6 +105,13 @@ def test_two_process_fsdp_equals_one_process(tiny_checkpoint, tmp_path, method):
         # moves are bounded by lr (1e-3) x steps.
         atol = 4e-3 if k.endswith("k_proj.bias") else 1e-6
         assert (x[k] - y[k]).abs().max() <= atol, k
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_two_process_fsdp_equals_one_process(tiny_checkpoint, tmp_path, method):
+    """`sharding: fsdp` (the full weights gathered from the shards; the processes other than rank 0
+    built on the meta device and filled from rank 0) == one unsharded process."""
+    _equals_one_process(tiny_checkpoint, tmp_path, method, ["--sharding", "fsdp"], 29519)
 
 
 def test_two_process_fsdp_with_bad_samples_equals_one_process(tiny_checkpoint, tmp_path):
@@ -208,21 +214,9 @@ _needs_deepspeed = pytest.mark.skipif(not __import__("importlib").util.find_spec
 @pytest.mark.parametrize("method,stage", [("lora", 2), ("full", 1)])
 def test_two_process_deepspeed_equals_one_process(tiny_checkpoint, tmp_path, method, stage):
     """`sharding: deepspeed` (ZeRO-2 with LoRA, ZeRO-1 with the whole model including the vision
-    tower), text-only and image samples mixed: one plain process's losses and saved weights."""
-    one, two = tmp_path / "one", tmp_path / "two"
-    common = ["--steps", "4", "--batch", "2", "--mixed", "--method", method]
-    _run([WORKER, str(one), str(tiny_checkpoint), *common])
-    _two_processes([str(two), str(tiny_checkpoint), *common, "--sharding", "deepspeed", "--zero-stage", str(stage)],
-                   29525 + stage)
-    a, b = (json.loads((d / "result.json").read_text()) for d in (one, two))
-    assert b["world"] == 2 and a["losses"] == pytest.approx(b["losses"], rel=1e-6)
-    assert a["losses"][-1] < a["losses"][0]
-    weights = "model/model.safetensors" if method == "full" else "adapter/adapter_model.safetensors"
-    x, y = (_tensors(d / "checkpoint-4" / weights) for d in (one, two))
-    assert x.keys() == y.keys()
-    for k in x:
-        atol = 4e-3 if k.endswith("k_proj.bias") else 1e-6  # as in the FSDP test
-        assert (x[k] - y[k]).abs().max() <= atol, k
+    tower) == one plain process."""
+    _equals_one_process(tiny_checkpoint, tmp_path, method, ["--sharding", "deepspeed", "--zero-stage", str(stage)],
+                        29525 + stage)
 
 
 @_needs_deepspeed
