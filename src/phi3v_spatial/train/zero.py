@@ -10,8 +10,8 @@ global batch. On GPUs DeepSpeed talks NCCL; on CPUs gloo (no oneCCL needed), whi
 prove it.
 
 Precision. fp32: the module keeps fp32 weights and DeepSpeed an fp32 copy of each partition, which on
-a CPU in fp32 cancels most of what the partitioned moments save (bench_train: ZeRO-1 ~0.97x DDP's
-memory per process at 2 processes). bf16 is DeepSpeed's bf16 mode, where ZeRO pays: the module
+a CPU in fp32 cancels most of what the partitioned moments save (bench_train: ZeRO-1 0.98x DDP's
+memory per process at 2 processes; 0.78x in bf16). bf16 is DeepSpeed's bf16 mode, where ZeRO pays: the module
 computes in bf16 (its weights a bf16 copy), the fp32 master weights and AdamW states live only in
 the partitions (started from the exact fp32 weights, not their rounding), and checkpoints hold the
 fp32 masters. That is what FSDP's bf16 computes too (bf16 compute from fp32 masters); plain DDP's
@@ -24,7 +24,7 @@ project's fully sharded mode. Stage 3 also mishandles a parameter a step leaves 
 Unused parameters. DeepSpeed reduces gradients in buckets filled as they arrive; a process whose
 micro-batch has no image leaves the vision tower without gradients while another process has them,
 and the buckets no longer match (a gloo size mismatch, a hang, or wrong sums). So the loss of every
-micro-batch carries `0 x` one element of every trainable parameter (`touch_all`): each parameter
+micro-batch carries `0 x` one element of every trainable parameter (`ZeroRun.backward_and_step`): each parameter
 gets a gradient on every process, exact zeros where it was not used, the values unchanged
 elsewhere. Stage 1 then reduces at the accumulation boundary in parameter order: correct. Stage 2
 reduces during the backward in the order the gradients arrive, which differs between a process
@@ -37,8 +37,9 @@ parameter that no sample of a whole global step used gets a zero gradient instea
 AdamW still decays its moments (and applies weight decay) that step; torch's AdamW would skip it.
 
 Checkpoints hold full tensors keyed by parameter name, written by rank 0 (the model folder / PEFT
-adapter as in the other modes; every process has the full weights at stages 1-2): a run resumes
-under any number of processes.
+adapter as in the other modes: in fp32 the module's own weights, which every process holds at stages
+1-2; in bf16 the fp32 masters, gathered; the AdamW moments gathered by name): a run resumes under any
+number of processes.
 """
 from __future__ import annotations
 
