@@ -284,6 +284,7 @@ def test_native_gemv_decode_matches_onednn(monkeypatch):
     mask = torch.ones_like(ids)
     model = random_model(config, seed=0)
     assert decode.use_onednn(model)
+    monkeypatch.setattr(decode, "_native_layers", lambda *a: None)  # one kernel call per matmul (the fused layer: below)
     calls = []
     monkeypatch.setattr(decode, "native_gemv", lambda x, w: calls.append(1) or gemv.native_gemv(x, w))
     native = generate(model, ids, mask, params=GREEDY12, return_step_logits=True)
@@ -295,6 +296,51 @@ def test_native_gemv_decode_matches_onednn(monkeypatch):
         assert (native.step_logits[t] - onednn.step_logits[t]).abs().max() <= 1e-4
         expected = uncached_logits(model, ids, mask, {}, [row[:t] for row in native.tokens])
         assert (native.step_logits[t] - expected).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("window", [None, 30])
+def test_native_layer_decode_matches_the_per_op_path(monkeypatch, window):
+    """At batch 1, where the compiled kernels build, each decoder layer of a decode step is one call
+    (model/native.py `NativeLayer`, kernels/layer.c): the same tokens as the step's torch ops around
+    the same kernels, logits within 1e-4, and == the uncached forward; with GQA and, when given, a
+    sliding window shorter than the sequence (the attention then starts past slot 0)."""
+    from phi3v_spatial.model import decode, native
+    from phi3v_spatial.random_init import random_config, random_model
+
+    if not native.native_available():
+        pytest.skip(f"compiled kernels unavailable here: {native._STATE.get('error')}")
+    config = random_config(hidden_size=512, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=8,
+                           num_key_value_heads=2, sliding_window=window)
+    ids = torch.randint(3, 30000, (1, 40), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(ids)
+    model = random_model(config, seed=0)
+    calls = []
+    real = decode.DecodeStep._native_step
+    monkeypatch.setattr(decode.DecodeStep, "_native_step", lambda self, *a: calls.append(1) or real(self, *a))
+    fused = generate(model, ids, mask, params=GREEDY12, return_step_logits=True)
+    assert len(calls) == 11  # every decode step (the first token comes from the prefill)
+    monkeypatch.setattr(decode, "_native_layers", lambda *a: None)
+    per_op = generate(model, ids, mask, params=GREEDY12, return_step_logits=True)
+    assert fused.tokens == per_op.tokens
+    for t in (1, 6, 11):
+        assert (fused.step_logits[t] - per_op.step_logits[t]).abs().max() <= 1e-4
+        expected = uncached_logits(model, ids, mask, {}, [row[:t] for row in fused.tokens])
+        assert (fused.step_logits[t] - expected).abs().max() <= 1e-4
+
+
+def test_native_layer_stands_aside_for_swapped_in_modules():
+    """A layer the compiled kernel cannot stand in for (here a hooked linear) keeps the per-op step."""
+    from phi3v_spatial.model import decode, native
+    from phi3v_spatial.random_init import random_config, random_model
+
+    if not native.native_available():
+        pytest.skip(f"compiled kernels unavailable here: {native._STATE.get('error')}")
+    config = random_config(hidden_size=512, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=8,
+                           num_key_value_heads=2)
+    model = random_model(config, seed=0)
+    assert decode.DecodeStep(model, 64).native is not None
+    model.model.layers[1].mlp.down_proj.register_forward_hook(lambda *a: None)
+    assert decode.DecodeStep(model, 64).native is None
 
 
 def test_native_few_row_kernel_decode_matches_onednn(monkeypatch):

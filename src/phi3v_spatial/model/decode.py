@@ -45,8 +45,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .cache import KVCache
-from .native import (attend_reference, attend_usable, native_attend_one, native_available, native_gemm_rows, native_gemv,
-                     usable as native_gemv_usable)
+from .native import (NativeLayer, attend_reference, attend_usable, layer_usable, native_attend_one, native_available,
+                     native_gemm_rows, native_gemv, usable as native_gemv_usable)
 from .language import Phi3RMSNorm
 from .rope import rope_cos_sin, rope_inv_freq
 
@@ -312,6 +312,10 @@ class DecodeStep:
         self.sin = sin.reshape(2 * max_slots, self.head_dim)
         self.max_slots = max_slots
         self.scale = self.head_dim**-0.5
+        self.native = _native_layers(model, self.heads, self.kv_heads, self.head_dim) if fast else None
+        if self.native:
+            self.cos, self.sin = self.cos.contiguous(), self.sin.contiguous()
+            self.scratch = torch.empty(self.native[0].scratch_floats(max_slots))
 
     def __call__(
         self,
@@ -333,6 +337,8 @@ class DecodeStep:
         start = 0 if self.window is None or slot <= self.window else slot - self.window
         if bias is not None:
             bias = bias[..., start : slot + 1]
+        if B == 1 and self.native and _native_cache(cache, bias):
+            return self._native_step(x, int(row), cache, slot, start, bias)
         for i, (ln1, qkv_proj, o_proj, ln2, gate_up_proj, down_proj) in enumerate(self.layers):
             qkv = qkv_proj(_rms_norm(x, ln1)).view(B, H + 2 * KVH, d)  # rows [q heads | k heads | v heads]
             qk = qkv[:, : H + KVH]
@@ -346,3 +352,37 @@ class DecodeStep:
             x = x + down_proj(F.silu(gate) * up)
         cache.length = slot + 1
         return self.lm_head(_rms_norm(x, self.norm))[:, 0].float()
+
+    def _native_step(self, x: torch.Tensor, row: int, cache: KVCache, slot: int, start: int, bias) -> torch.Tensor:
+        """The one-row step with each decoder layer in one compiled call (`native.NativeLayer`)."""
+        x = x.reshape(-1).clone()  # (D,), updated in place layer by layer
+        cos, sin = self.cos[row], self.sin[row]
+        if bias is not None:
+            bias = bias.reshape(-1)
+        for layer, k, v in zip(self.native, cache.k, cache.v):
+            layer(x, cos, sin, k, v, slot, start, bias, self.scale, self.scratch)
+        cache.length = slot + 1
+        return self.lm_head(_rms_norm(x.view(1, 1, -1), self.norm))[:, 0].float()
+
+
+def _native_layers(model, heads: int, kv_heads: int, head_dim: int) -> list[NativeLayer] | None:
+    """Every decoder layer bound to the compiled one-row layer (native.py), or None when one of them
+    has a module the kernel cannot stand in for (a LoRA or quantized linear, hooks, another norm) or
+    weights it cannot read as stored (see `native.layer_usable`), or the kernels are unavailable."""
+    layers = []
+    for layer in model.model.layers:
+        attn, mlp, ln1, ln2 = layer.self_attn, layer.mlp, layer.input_layernorm, layer.post_attention_layernorm
+        mats = [_plain_linear(m) for m in (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)]
+        norms = [n for n in (ln1, ln2) if type(n) is Phi3RMSNorm and not (n._forward_hooks or n._forward_pre_hooks)]
+        if len(norms) < 2 or not all(isinstance(w, torch.Tensor) for w in mats) or not layer_usable(ln1.weight, ln2.weight, *mats):
+            return None
+        layers.append((ln1, ln2, mats))
+    if not layers or not native_available():
+        return None
+    return [NativeLayer(ln1.weight, ln1.eps, ln2.weight, ln2.eps, *mats, heads, kv_heads, head_dim) for ln1, ln2, mats in layers]
+
+
+def _native_cache(cache: KVCache, bias) -> bool:
+    """Whether the compiled layer can write and read this one-row cache (and bias) as stored."""
+    return all(t.dtype == torch.float32 and t.stride(-1) == 1 for t in (cache.k[0], cache.v[0])) and (
+        bias is None or (bias.dtype == torch.float32 and bias.stride(-1) == 1))

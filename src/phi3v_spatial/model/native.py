@@ -43,11 +43,13 @@ from ..paths import cache_dir
 
 log = logging.getLogger("phi3v_spatial.model")
 
-SOURCES = tuple(Path(__file__).with_name("kernels") / name for name in ("gemv.c", "attend.c"))
+KERNELS = Path(__file__).with_name("kernels")
+SOURCES = tuple(KERNELS / name for name in ("gemv.c", "attend.c", "layer.c"))  # compiled into one library
+HEADERS = tuple(KERNELS / name for name in ("gemv.h", "attend.h"))  # included by them
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 PREFETCH = 512  # floats ahead of the row being read (2 KiB), into L2: measured best of 256-4096 (kernels/gemv.c)
 
-_STATE: dict = {}  # "gemv", "rows", "attend": the loaded functions, or "error": why there are none
+_STATE: dict = {}  # "gemv", "rows", "attend", "layer": the loaded functions, or "error": why there are none
 
 
 def _cpu_key() -> str:
@@ -65,7 +67,7 @@ def _compiler() -> str | None:
 
 def library_path() -> Path:
     """Where the compiled kernels for these sources, these flags and this CPU live."""
-    text = b"".join(src.read_bytes() for src in SOURCES) + " ".join(FLAGS).encode() + _cpu_key().encode()
+    text = b"".join(src.read_bytes() for src in SOURCES + HEADERS) + " ".join(FLAGS).encode() + _cpu_key().encode()
     return cache_dir() / "kernels" / f"decode-{hashlib.sha1(text).hexdigest()[:16]}.so"
 
 
@@ -116,6 +118,11 @@ def _load():
     attend = lib.phi3v_attend_one_f32
     attend.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 12 + [ctypes.c_float, ctypes.c_int]
     attend.restype = None
+    layer = lib.phi3v_layer_one_f32
+    layer.argtypes = ([ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p, ctypes.c_float]
+                      + [ctypes.c_void_p, ctypes.c_int64] * 4 + [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 6
+                      + [ctypes.c_void_p] + [ctypes.c_int64] * 5 + [ctypes.c_float, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64])
+    layer.restype = None
     g = torch.Generator().manual_seed(0)
     for n, k in ((37, 300), (8, 64), (5, 7), (1, 33), (11, 16)):  # short blocks, tails of rows and of the 16-wide steps
         w, x = torch.randn(n, k, generator=g), torch.randn(1, k, generator=g)
@@ -132,7 +139,10 @@ def _load():
         k, v = k[:, :, 2 : s + 2], v[:, :, 1 : s + 1]  # strided views, as cache slices are
         if not torch.allclose(_attend(attend, q, k, v, bias, 0.3), attend_reference(q, k, v, bias, 0.3), rtol=1e-5, atol=1e-5):
             raise RuntimeError("the compiled attention disagrees with torch")
-    return gemv, rows, attend
+    for h, kvh, d, s, window in ((4, 2, 16, 9, None), (3, 3, 6, 5, 2)):  # GQA, odd sizes, a sliding window
+        if not _layer_agrees(layer, g, h, kvh, d, s, window):
+            raise RuntimeError("the compiled decoder layer disagrees with torch")
+    return gemv, rows, attend, layer
 
 
 def _gemv(fn, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -184,7 +194,7 @@ def native_available() -> bool:
     """Whether the compiled kernels are loaded (compiling them on the first call; see the module doc)."""
     if not _STATE:
         try:
-            _STATE["gemv"], _STATE["rows"], _STATE["attend"] = _load()
+            _STATE["gemv"], _STATE["rows"], _STATE["attend"], _STATE["layer"] = _load()
         except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as e:
             _STATE["error"] = str(e)
             log.debug("compiled decode kernels unavailable, the decode step keeps torch's: %s", e)
@@ -220,3 +230,77 @@ def attend_usable(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch
     """Whether `native_attend_one` can read these tensors as they are stored."""
     return all(t.dtype == torch.float32 and t.device.type == "cpu" and t.stride(-1) == 1 for t in (q, k, v)) and (
         bias is None or (bias.dtype == torch.float32 and bias.dim() == 4 and bias.shape[:3] == (q.shape[0], 1, 1)))
+
+
+def layer_usable(*tensors: torch.Tensor) -> bool:
+    """Whether `NativeLayer` can read a layer's norm weights and matrices as they are stored."""
+    return all(t.dtype == torch.float32 and t.device.type == "cpu" and t.stride(-1) == 1
+               and (t.dim() == 2 or t.is_contiguous()) for t in tensors)
+
+
+class NativeLayer:
+    """One decoder layer of the decode step for one row through `kernels/layer.c`: the four weight
+    matmuls, the attention and all the small work between them in one call (see that file). The layer's
+    weights are bound once (plain float32 CPU tensors, `layer_usable`); create only after
+    `native_available()`.
+
+    call(x, cos, sin, k, v, slot, start, bias, scale, scratch): x (D,) float32 contiguous, updated in
+    place; cos/sin (d,) the position's RoPE row (sin sign-folded, as decode.py builds it); k/v this
+    layer's cache for the row, (1, KVH, slots, d) with unit stride along d; the new key/value go to
+    `slot` and the query attends slots start..slot; bias None or the (slot + 1 - start) additive biases
+    of those slots (contiguous); scratch of at least `scratch_floats(slot + 1 - start)` floats.
+    """
+
+    def __init__(self, ln1, eps1: float, ln2, eps2: float, qkv, o, gate_up, down, heads: int, kv_heads: int, head_dim: int,
+                 _fn=None):
+        self._fn = _STATE["layer"] if _fn is None else _fn
+        self._keep = (ln1, ln2, qkv, o, gate_up, down)  # the pointers below stay valid while bound
+        self.hidden, self.intermediate = qkv.shape[1], down.shape[1]
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
+        self._weights = (ln1.data_ptr(), eps1, ln2.data_ptr(), eps2, qkv.data_ptr(), qkv.stride(0), o.data_ptr(), o.stride(0),
+                         gate_up.data_ptr(), gate_up.stride(0), down.data_ptr(), down.stride(0))
+        self._dims = (self.hidden, heads, kv_heads, head_dim, self.intermediate)
+
+    def scratch_floats(self, keys: int) -> int:
+        D, H, KVH, d, I = self._dims
+        return 2 * D + (H + 2 * KVH) * d + 2 * H * d + 3 * I + H * keys
+
+    def __call__(self, x, cos, sin, k, v, slot: int, start: int, bias, scale: float, scratch) -> None:
+        self._fn(x.data_ptr(), *self._weights, cos.data_ptr(), sin.data_ptr(), k.data_ptr(), v.data_ptr(),
+                        k.stride(1), k.stride(2), v.stride(1), v.stride(2), slot, start, 0 if bias is None else bias.data_ptr(),
+                        *self._dims, scale, scratch.data_ptr(), torch.get_num_threads(), PREFETCH)
+
+
+def layer_reference(x, ln1, eps1, ln2, eps2, qkv, o, gate_up, down, cos, sin, k, v, slot, start, bias, heads, kv_heads, scale):
+    """What `NativeLayer` computes, in torch ops (the decode step's math, decode.py, for one row)."""
+    D, d = x.shape[-1], cos.shape[-1]
+    t = F.linear(F.rms_norm(x, (D,), ln1, eps1), qkv).view(heads + 2 * kv_heads, d)
+    qk = torch.addcmul(t[: heads + kv_heads] * cos, t[: heads + kv_heads].roll(d // 2, -1), sin)
+    k[0, :, slot], v[0, :, slot] = qk[heads:], t[heads + kv_heads :]
+    out = attend_reference(qk[None, :heads], k[:, :, start : slot + 1], v[:, :, start : slot + 1],
+                           None if bias is None else bias.view(1, 1, 1, -1), scale)
+    x = x + F.linear(out.reshape(heads * d), o)
+    gate, up = F.linear(F.rms_norm(x, (D,), ln2, eps2), gate_up).chunk(2)
+    return x + F.linear(F.silu(gate) * up, down)
+
+
+def _layer_agrees(fn, g, heads: int, kv_heads: int, d: int, slots: int, window: int | None) -> bool:
+    D, I = 40, 36
+    ln1, ln2 = torch.rand(D, generator=g) + 0.5, torch.rand(D, generator=g) + 0.5
+    qkv = torch.randn((heads + 2 * kv_heads) * d, D, generator=g) / D**0.5
+    o, gate_up, down = (torch.randn(D, heads * d, generator=g) / (heads * d) ** 0.5, torch.randn(2 * I, D, generator=g) / D**0.5,
+                        torch.randn(D, I, generator=g) / I**0.5)
+    cos, sin = torch.randn(d, generator=g), torch.randn(d, generator=g)
+    k, v = torch.randn(1, kv_heads, slots + 2, d, generator=g), torch.randn(1, kv_heads, slots + 2, d, generator=g)
+    x = torch.randn(D, generator=g)
+    slot = slots - 1
+    start = 0 if window is None else slot - window
+    bias = torch.zeros(slot + 1 - start)
+    bias[0] = torch.finfo(torch.float32).min
+    ref_k, ref_v = k.clone(), v.clone()
+    want = layer_reference(x, ln1, 1e-5, ln2, 1e-5, qkv, o, gate_up, down, cos, sin, ref_k, ref_v, slot, start, bias,
+                           heads, kv_heads, 0.3)
+    layer = NativeLayer(ln1, 1e-5, ln2, 1e-5, qkv, o, gate_up, down, heads, kv_heads, d, _fn=fn)
+    got = x.clone()
+    layer(got, cos, sin, k, v, slot, start, bias, 0.3, torch.empty(layer.scratch_floats(slot + 1 - start)))
+    return all(torch.allclose(a, b, rtol=1e-5, atol=1e-5) for a, b in ((got, want), (k, ref_k), (v, ref_v)))

@@ -1,29 +1,11 @@
-/* Attention of one query per row over a KV cache, float32, for the CPU decode step. Compiled on first
- * use by model/native.py together with gemv.c.
+/* Attention of one query per row over a KV cache, float32, for the CPU decode step (the per-head
+ * kernel: attend.h). Compiled on first use by model/native.py together with gemv.c.
  *
  * out[b, h] = softmax(scale * q[b, h] . K[b, h/G]^T + bias[b]) V[b, h/G], G = H / KVH query heads per
- * KV head (GQA without repeating the keys). One task per (row, KV head): its G queries read each key
- * and value once, front to back (a cache head is S rows of d floats at stride `ss`), where torch's
- * batched matmuls over the transposed key view read the cache at a fraction of the memory's rate on
- * this project's machine. A thread runs TASKS tasks side by side (their keys, then their values, as
- * TASKS sequential streams): more cache-line fills in flight than one task at a time, 1.05-1.2x at
- * 32 heads x 800 keys with 1 or 8 rows on the project's 2-core VM, alternating in one process (2 side
- * by side were no faster).
- * Softmax in float32 as the eager path: max-subtracted exponentials, normalised after the weighted sum
- * (the same terms, summed in another order: float32 rounding apart, it equals softmax(...) @ V).
- * `scores` is scratch of B * H * S floats. `bias` (additive, -inf or a large negative on padding) is
- * NULL or one row of S floats per batch row at stride `bias_sb`. Strides are in floats. */
-#include <math.h>
-#include <stdint.h>
-
-#define TASKS 4
-
-static inline float dot(const float *restrict a, const float *restrict b, int64_t d) {
-    float acc = 0.f;
-#pragma omp simd reduction(+ : acc)
-    for (int64_t j = 0; j < d; j++) acc += a[j] * b[j];
-    return acc;
-}
+ * KV head (GQA without repeating the keys). One task per (row, KV head); a thread runs TASKS tasks side
+ * by side. `scores` is scratch of B * H * S floats. `bias` (additive, -inf or a large negative on
+ * padding) is NULL or one row of S floats per batch row at stride `bias_sb`. Strides are in floats. */
+#include "attend.h"
 
 void phi3v_attend_one_f32(const float *q, const float *k, const float *v, const float *bias, float *out,
                           float *scores, int64_t B, int64_t H, int64_t KVH, int64_t S, int64_t d,
@@ -48,42 +30,6 @@ void phi3v_attend_one_f32(const float *q, const float *k, const float *v, const 
             bb[i] = bias ? bias + b * bias_sb : 0;
             og[i] = out + (b * H + kvh * G) * d;
         }
-        for (int64_t s = 0; s < S; s++)
-            for (int64_t i = 0; i < n; i++) {
-                const float *ks = kh[i] + s * k_ss;
-                for (int64_t g = 0; g < G; g++) {
-                    float x = dot(qg[i] + g * d, ks, d) * scale;
-                    sc[i][g * S + s] = bb[i] ? x + bb[i][s] : x;
-                }
-            }
-        float inv[TASKS * (G > 0 ? G : 1)];
-        for (int64_t i = 0; i < n; i++)
-            for (int64_t g = 0; g < G; g++) {
-                float *row = sc[i] + g * S, m = -INFINITY;
-                double sum = 0.0; /* in double: S may be 100k terms */
-                for (int64_t s = 0; s < S; s++) m = row[s] > m ? row[s] : m;
-                for (int64_t s = 0; s < S; s++) {
-                    row[s] = expf(row[s] - m);
-                    sum += row[s];
-                }
-                inv[i * G + g] = (float)(1.0 / sum);
-                float *o = og[i] + g * d;
-                for (int64_t j = 0; j < d; j++) o[j] = 0.f;
-            }
-        for (int64_t s = 0; s < S; s++)
-            for (int64_t i = 0; i < n; i++) {
-                const float *vs = vh[i] + s * v_ss;
-                for (int64_t g = 0; g < G; g++) {
-                    const float p = sc[i][g * S + s];
-                    float *o = og[i] + g * d;
-#pragma omp simd
-                    for (int64_t j = 0; j < d; j++) o[j] += p * vs[j];
-                }
-            }
-        for (int64_t i = 0; i < n; i++)
-            for (int64_t g = 0; g < G; g++) {
-                float *o = og[i] + g * d;
-                for (int64_t j = 0; j < d; j++) o[j] *= inv[i * G + g];
-            }
+        attend_heads(n, kh, vh, qg, sc, bb, og, S, d, G, k_ss, v_ss, scale);
     }
 }

@@ -1,89 +1,13 @@
-/* One-row float32 GEMV for the CPU decode step: y[n] = sum_k W[n, k] * x[k], W row-major (ldw floats
- * between rows, unit stride within a row); at the end, its sibling for 2-8 rows. Compiled on first
- * use by model/native.py.
- *
- * Why by hand: at batch 1 the decode step of a large model is a stream over its weights, and the GEMV
- * kernels torch reaches (oneDNN, OpenBLAS, MKL) read a one-row product's weights markedly slower than a
- * plain sum reads memory on this project's machine. The rows are cut into chunks (~8 MiB) that the
- * threads take in turn (see chunk_rows); a thread reads four rows of its chunk at a time, one from
- * each quarter: four sequential streams apart, which keep more cache-line fills in flight than one
- * (measured on the project's 2-core Zen 4 VM, interleaved in one process: ~25% faster than one stream
- * per thread, ~10% faster than two, and faster than a plain one-stream sum of the same memory). Each row is read front to back with a
- * 16-lane accumulator and a software
- * prefetch `prefetch` floats ahead into the outer cache levels (locality 1: on x86 prefetcht2, which
- * Zen fills into L2, leaving L1 to the vector x; faster there than prefetching into L1).
- * Portable GNU C (vector extensions; the compiler maps them onto the machine's SIMD width) with
- * OpenMP, which resolves to the libgomp that torch has already loaded (model/native.py checks that). */
-#include <omp.h>
-#include <stdint.h>
-#include <string.h>
-
-typedef float v16 __attribute__((vector_size(64)));
-
-static inline v16 load16(const float *p) {
-    v16 v;
-    memcpy(&v, p, sizeof v); /* unaligned load */
-    return v;
-}
-
-static inline float hsum(v16 a) {
-    float s = 0.f;
-    for (int i = 0; i < 16; i++) s += a[i];
-    return s;
-}
-
-/* y[j] = w[j] . x for four rows read side by side (a prefetch never faults, past the end included) */
-static inline void four_rows(const float *const w[4], const float *x, int64_t K, int64_t prefetch, float *const y[4]) {
-    v16 a[4] = {{0}, {0}, {0}, {0}};
-    int64_t k = 0;
-    for (; k + 16 <= K; k += 16) {
-        if (prefetch)
-            for (int j = 0; j < 4; j++) __builtin_prefetch(w[j] + k + prefetch, 0, 1);
-        const v16 xk = load16(x + k);
-        for (int j = 0; j < 4; j++) a[j] += load16(w[j] + k) * xk;
-    }
-    for (int j = 0; j < 4; j++) {
-        float s = hsum(a[j]);
-        for (int64_t i = k; i < K; i++) s += w[j][i] * x[i];
-        *y[j] = s;
-    }
-}
-
-/* Rows per chunk of work: ~8 MiB of weights (672 rows at K = 3072) but at least ~4 chunks per thread,
- * a multiple of 12 (whole groups of 2, 3 or 4 rows). Threads take chunks one at a time (dynamic
- * schedule) rather than a fixed half each: on the project's 2-core VM one core often streams ~10-20%
- * slower than the other in the fast-memory phases (a neighbour's load), and with fixed halves the
- * faster one then waits (lm_head: 6.3 against 8.0 ms). Over phi3-2l's weights, interleaved in one
- * process, against fixed halves: one row 1.02x in the fast phases (mean 57.0 against 56.0 GB/s, a
- * sum reading 60-62), 8 rows 1.05x; 3 MiB chunks were 0.97x at one row (a chunk's four streams start
- * cold), larger ones par. */
-static inline int64_t chunk_rows(int64_t N, int64_t K, int nthreads) {
-    int64_t r = (2048 * 1024) / (K > 0 ? K : 1);
-    const int64_t fair = N / (4 * (nthreads > 0 ? nthreads : 1));
-    r = fair < r ? fair : r;
-    r = r < 12 ? 12 : r > 4096 ? 4096 : r;
-    return r - r % 12;
-}
+/* One-row float32 GEMV for the CPU decode step (one matmul per call; the kernel and why it is
+ * hand-written: gemv.h), and at the end its sibling for 2-8 rows. Compiled on first use by model/native.py. */
+#include "gemv.h"
 
 void phi3v_gemv_f32(const float *W, const float *x, float *y, int64_t N, int64_t K, int64_t ldw,
                     int nthreads, int64_t prefetch) {
     const int64_t chunk = chunk_rows(N, K, nthreads), nchunks = (N + chunk - 1) / chunk;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads) if (nthreads > 1 && nchunks > 1)
-    for (int64_t c = 0; c < nchunks; c++) {
-        const int64_t lo = c * chunk, hi = lo + chunk < N ? lo + chunk : N, q = (hi - lo) / 4;
-        for (int64_t i = 0; i < q; i++) { /* row i of each quarter of the chunk */
-            const float *w[4] = {W + (lo + i) * ldw, W + (lo + q + i) * ldw, W + (lo + 2 * q + i) * ldw,
-                                 W + (lo + 3 * q + i) * ldw};
-            float *out[4] = {y + lo + i, y + lo + q + i, y + lo + 2 * q + i, y + lo + 3 * q + i};
-            four_rows(w, x, K, prefetch, out);
-        }
-        for (int64_t n = lo + 4 * q; n < hi; n++) { /* the chunk's last 0-3 rows, one at a time */
-            float unused[3];
-            const float *w[4] = {W + n * ldw, W + n * ldw, W + n * ldw, W + n * ldw};
-            float *out[4] = {y + n, unused, unused + 1, unused + 2};
-            four_rows(w, x, K, prefetch, out);
-        }
-    }
+    for (int64_t c = 0; c < nchunks; c++)
+        gemv_chunk(W, x, y, c * chunk, (c + 1) * chunk < N ? (c + 1) * chunk : N, K, ldw, prefetch);
 }
 
 /* A few rows at once (the decode step of a small batch): Y[m, n] = sum_k W[n, k] * X[m, k] for M rows
