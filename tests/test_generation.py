@@ -382,13 +382,14 @@ def test_native_few_row_kernel_decode_matches_onednn(monkeypatch):
 
 def test_native_attention_kernel_matches_torch():
     """The compiled single-query attention (model/native.py, kernels/attend.c) == softmax(q k^T) v in
-    torch: GQA groups, padding bias, strided cache slices, odd sizes, batch rows."""
+    torch: GQA groups, padding bias, strided cache slices, odd sizes, batch rows, the vector path (attend.h)."""
     from phi3v_spatial.model import native
 
     if not native.native_available():
         pytest.skip(f"compiled kernels unavailable here: {native._STATE.get('error')}")
     g = torch.Generator().manual_seed(0)
-    for B, H, KVH, S, d in ((1, 32, 32, 775, 96), (3, 8, 2, 129, 64), (2, 6, 3, 1, 17), (1, 4, 1, 4100, 32)):
+    for B, H, KVH, S, d in ((1, 32, 32, 775, 96), (3, 8, 2, 129, 64), (2, 6, 3, 1, 17), (1, 4, 1, 4100, 32), (2, 5, 5, 33, 128),
+                            (1, 3, 3, 1, 16)):  # (one query per KV head, d a multiple of 16: the vector path)
         kc, vc = torch.randn(B, KVH, S + 9, d, generator=g), torch.randn(B, KVH, S + 9, d, generator=g)
         k, v = kc[:, :, 4 : S + 4], vc[:, :, 2 : S + 2]  # cache slices: rows S + 9 apart, not contiguous
         q = torch.randn(B, H + 2 * KVH, d, generator=g)[:, :H]  # the q heads of a fused qkv row

@@ -132,14 +132,15 @@ def _load():
         w, x = torch.randn(n, k, generator=g), torch.randn(m, k, generator=g)
         if not torch.allclose(_gemm_rows(rows, x, w), F.linear(x, w), rtol=1e-5, atol=1e-5):
             raise RuntimeError("the compiled few-row GEMM disagrees with F.linear")
-    for b, h, kvh, s, d in ((2, 4, 2, 37, 16), (1, 3, 3, 5, 7)):  # GQA, odd sizes
+    for b, h, kvh, s, d in ((2, 4, 2, 37, 16), (1, 3, 3, 5, 7), (2, 5, 5, 37, 32), (1, 2, 2, 16, 96)):  # GQA, odd sizes,
+        # the vector path (one query per KV head, d a multiple of 16) with a tail of keys and without
         q, k, v = torch.randn(b, h, d, generator=g), torch.randn(b, kvh, s + 3, d, generator=g), torch.randn(b, kvh, s + 3, d, generator=g)
         bias = torch.zeros(b, 1, 1, s)
         bias[0, ..., 0] = torch.finfo(torch.float32).min
         k, v = k[:, :, 2 : s + 2], v[:, :, 1 : s + 1]  # strided views, as cache slices are
         if not torch.allclose(_attend(attend, q, k, v, bias, 0.3), attend_reference(q, k, v, bias, 0.3), rtol=1e-5, atol=1e-5):
             raise RuntimeError("the compiled attention disagrees with torch")
-    for h, kvh, d, s, window in ((4, 2, 16, 9, None), (3, 3, 6, 5, 2)):  # GQA, odd sizes, a sliding window
+    for h, kvh, d, s, window in ((4, 2, 16, 9, None), (3, 3, 6, 5, 2), (5, 5, 16, 21, 17)):  # GQA, odd sizes, windows
         if not _layer_agrees(layer, g, h, kvh, d, s, window):
             raise RuntimeError("the compiled decoder layer disagrees with torch")
     return gemv, rows, attend, layer
