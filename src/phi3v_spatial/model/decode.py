@@ -24,6 +24,11 @@ path does only what one token needs and nothing the general forward does to be g
   oneDNN's one-row product falls behind in this machine's fast-memory phases; for 2-8 rows its
   sibling (`native_gemm_rows`, each weight row read once for all rows): ~1.4x oneDNN at 2 rows,
   ~1.25x oneDNN's packed GEMM at 8, without a copy of the weights;
+- for one row, where the compiled kernels are available and every layer is plain (float32 weights
+  read as stored, Phi3RMSNorm norms, no swapped-in modules or hooks), each decoder layer in one
+  compiled call (`native.NativeLayer`, `kernels/layer.c`): the same GEMV and attention kernels with
+  the norms, RoPE, cache writes, SiLU and residual adds between them done in C by the same threads,
+  instead of ~14 torch ops per layer during which the weights are not streamed (`_native_step`);
 - for more rows (batched decoding beyond 8), the same weights packed once into oneDNN's blocked layout
   for small row counts (`packed_weight`): 8-row steps stream them ~1.4-2x faster than the plain
   layout on this project's machine. The packed copies are extra memory (as much as the decoder's

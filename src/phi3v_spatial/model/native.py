@@ -9,7 +9,12 @@ Zen 4 VM) the kernels torch reaches read both well below what a plain `sum` read
   2-8 rows of a small batch's step its sibling reads each weight row once for all rows
   (`native_gemm_rows`, ~1.4x oneDNN's small-M product at 2 rows, ~1.25x its packed GEMM at 8);
 - one query's attention as two batched matmuls over the transposed key view (~13 GB/s over a
-  775-token cache): `kernels/attend.c` reads each cache head's keys then values once, front to back.
+  775-token cache): `kernels/attend.c` reads each cache head's keys then values once, front to back
+  (the per-head work in `kernels/attend.h`; for one query per KV head a vector path);
+- between those, a layer's ~14 small torch ops (norms, RoPE, cache writes, SiLU, residuals; ~8-10 us
+  each) during which the memory is not streamed: `kernels/layer.c` runs a whole decoder layer of a
+  one-row step in one call (`NativeLayer`), its matmuls and attention through the same code
+  (`kernels/gemv.h`, `kernels/attend.h`) and the small work between barriers of one thread team.
 (See the README's performance section for the measured numbers.)
 
 The kernels are optional, never required:
@@ -18,7 +23,7 @@ The kernels are optional, never required:
   flags and the CPU), atomically, and loaded with ctypes;
 - they are used only on Linux, only when their OpenMP calls resolve to the libgomp torch has already
   loaded (one runtime, one thread pool; a second OpenMP runtime spinning beside torch's would
-  fight it for the cores), and only after all three agree with torch on a probe;
+  fight it for the cores), and only after all four agree with torch on a probe;
 - `PHI3V_NATIVE_GEMV=0` turns them off; without a compiler, or on any failure, the decode step keeps
   torch's kernels (the failure is logged once at debug level).
 Results agree with torch to float32 rounding (the same products summed in another order).
