@@ -319,6 +319,8 @@ def test_native_layer_decode_matches_the_per_op_path(monkeypatch, window):
     monkeypatch.setattr(decode.DecodeStep, "_native_step", lambda self, *a: calls.append(1) or real(self, *a))
     fused = generate(model, ids, mask, params=GREEDY12, return_step_logits=True)
     assert len(calls) == 11  # every decode step (the first token comes from the prefill)
+    monkeypatch.setattr(decode, "native_norm_gemv", lambda *a: calls.append(2) or native.native_norm_gemv(*a))
+    assert generate(model, ids, mask, params=GREEDY12).tokens == fused.tokens and calls.count(2) == 11  # lm_head too
     monkeypatch.setattr(decode, "_native_layers", lambda *a: None)
     per_op = generate(model, ids, mask, params=GREEDY12, return_step_logits=True)
     assert fused.tokens == per_op.tokens
@@ -347,8 +349,7 @@ def test_native_layer_continues_a_padded_row_alone(monkeypatch):
     assert stop not in alone[1]
     biases = []
     real = decode.DecodeStep._native_step
-    monkeypatch.setattr(decode.DecodeStep, "_native_step", lambda self, x, row, cache, slot, start, bias: (
-        biases.append(bias is not None), real(self, x, row, cache, slot, start, bias))[1])
+    monkeypatch.setattr(decode.DecodeStep, "_native_step", lambda self, *a: (biases.append(a[-1] is not None), real(self, *a))[1])
     res = generate(model, ids, mask, params=SamplingParams(max_new_tokens=12, stop_token_ids=(stop,)))
     assert res.tokens == [alone[0][:3], alone[1]]
     assert biases and all(biases)  # row 1 alone, with its padding

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 
 from .cache import KVCache
 from .native import (NativeLayer, attend_reference, attend_usable, layer_usable, native_attend_one, native_available,
-                     native_gemm_rows, native_gemv, usable as native_gemv_usable)
+                     native_gemm_rows, native_gemv, native_norm_gemv, usable as native_gemv_usable)
 from .language import Phi3RMSNorm
 from .rope import rope_cos_sin, rope_inv_freq
 
@@ -318,9 +318,14 @@ class DecodeStep:
         self.max_slots = max_slots
         self.scale = self.head_dim**-0.5
         self.native = _native_layers(model, self.heads, self.kv_heads, self.head_dim) if fast else None
+        self.native_head = None
         if self.native:
             self.cos, self.sin = self.cos.contiguous(), self.sin.contiguous()
             self.scratch = torch.empty(self.native[0].scratch_floats(max_slots))
+            norm, head = lm.norm, _plain_linear(model.lm_head)
+            if (type(norm) is Phi3RMSNorm and not (norm._forward_hooks or norm._forward_pre_hooks)
+                    and isinstance(head, torch.Tensor) and layer_usable(norm.weight, head)):
+                self.native_head = (norm.weight, norm.eps, head)
 
     def __call__(
         self,
@@ -332,6 +337,8 @@ class DecodeStep:
         bias: torch.Tensor | None,
     ) -> torch.Tensor:
         B = tokens.shape[0]
+        if B == 1 and self.native and _native_cache(cache, bias):
+            return self._native_step(tokens, positions, regime, cache, slot, bias)
         H, KVH, d = self.heads, self.kv_heads, self.head_dim
         half = d // 2
         row = regime * self.max_slots + positions  # (B,)
@@ -342,8 +349,6 @@ class DecodeStep:
         start = 0 if self.window is None or slot <= self.window else slot - self.window
         if bias is not None:
             bias = bias[..., start : slot + 1]
-        if B == 1 and self.native and _native_cache(cache, bias):
-            return self._native_step(x, int(row), cache, slot, start, bias)
         for i, (ln1, qkv_proj, o_proj, ln2, gate_up_proj, down_proj) in enumerate(self.layers):
             qkv = qkv_proj(_rms_norm(x, ln1)).view(B, H + 2 * KVH, d)  # rows [q heads | k heads | v heads]
             qk = qkv[:, : H + KVH]
@@ -358,15 +363,21 @@ class DecodeStep:
         cache.length = slot + 1
         return self.lm_head(_rms_norm(x, self.norm))[:, 0].float()
 
-    def _native_step(self, x: torch.Tensor, row: int, cache: KVCache, slot: int, start: int, bias) -> torch.Tensor:
-        """The one-row step with each decoder layer in one compiled call (`native.NativeLayer`)."""
-        x = x.reshape(-1).clone()  # (D,), updated in place layer by layer
+    def _native_step(self, tokens, positions, regime, cache: KVCache, slot: int, bias) -> torch.Tensor:
+        """The one-row step with each decoder layer in one compiled call (`native.NativeLayer`), and the
+        final norm with lm_head in another where lm_head is a plain weight. Few torch ops: after each
+        pass over the weights the caches are cold, and a torch op then costs ~20-200 us, not ~10."""
+        row = int(regime) * self.max_slots + int(positions)
+        x = (self.embed[int(tokens)] if isinstance(self.embed, torch.Tensor) else self.embed(tokens)).reshape(-1).clone()
         cos, sin = self.cos[row], self.sin[row]
+        start = 0 if self.window is None or slot <= self.window else slot - self.window
         if bias is not None:
-            bias = bias.reshape(-1)
+            bias = bias[..., start : slot + 1].reshape(-1)
         for layer, k, v in zip(self.native, cache.k, cache.v):
             layer(x, cos, sin, k, v, slot, start, bias, self.scale, self.scratch)
         cache.length = slot + 1
+        if self.native_head is not None:
+            return native_norm_gemv(x, *self.native_head)[None]
         return self.lm_head(_rms_norm(x.view(1, 1, -1), self.norm))[:, 0].float()
 
 

@@ -54,7 +54,7 @@ HEADERS = tuple(KERNELS / name for name in ("gemv.h", "attend.h"))  # included b
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 PREFETCH = 512  # floats ahead of the row being read (2 KiB), into L2: measured best of 256-4096 (kernels/gemv.c)
 
-_STATE: dict = {}  # "gemv", "rows", "attend", "layer": the loaded functions, or "error": why there are none
+_STATE: dict = {}  # "gemv", "rows", "attend", "layer", "head": the loaded functions, or "error": why there are none
 
 
 def _cpu_key() -> str:
@@ -128,6 +128,10 @@ def _load():
                       + [ctypes.c_void_p, ctypes.c_int64] * 4 + [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 6
                       + [ctypes.c_void_p] + [ctypes.c_int64] * 5 + [ctypes.c_float, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64])
     layer.restype = None
+    head = lib.phi3v_norm_gemv_f32
+    head.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
+                     ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64]
+    head.restype = None
     g = torch.Generator().manual_seed(0)
     for n, k in ((37, 300), (8, 64), (5, 7), (1, 33), (11, 16)):  # short blocks, tails of rows and of the 16-wide steps
         w, x = torch.randn(n, k, generator=g), torch.randn(1, k, generator=g)
@@ -148,7 +152,11 @@ def _load():
     for h, kvh, d, s, window in ((4, 2, 16, 9, None), (3, 3, 6, 5, 2), (5, 5, 16, 21, 17)):  # GQA, odd sizes, windows
         if not _layer_agrees(layer, g, h, kvh, d, s, window):
             raise RuntimeError("the compiled decoder layer disagrees with torch")
-    return gemv, rows, attend, layer
+    for n, k in ((37, 300), (5, 7)):
+        w, x, nw = torch.randn(n, k, generator=g), torch.randn(k, generator=g), torch.rand(k, generator=g) + 0.5
+        if not torch.allclose(_norm_gemv(head, x, nw, 1e-5, w), F.linear(F.rms_norm(x, (k,), nw, 1e-5), w), rtol=1e-5, atol=1e-5):
+            raise RuntimeError("the compiled norm + GEMV disagrees with torch")
+    return gemv, rows, attend, layer, head
 
 
 def _gemv(fn, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -196,11 +204,26 @@ def _attend(fn, q, k, v, bias, scale: float) -> torch.Tensor:
     return out
 
 
+def _norm_gemv(fn, x: torch.Tensor, nw: torch.Tensor, eps: float, w: torch.Tensor) -> torch.Tensor:
+    y = torch.empty(w.shape[0], dtype=torch.float32)
+    h = torch.empty(w.shape[1], dtype=torch.float32)
+    fn(x.data_ptr(), nw.data_ptr(), eps, w.data_ptr(), w.stride(0), y.data_ptr(), w.shape[0], w.shape[1], h.data_ptr(),
+       torch.get_num_threads(), PREFETCH)
+    return y
+
+
+def native_norm_gemv(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, w: torch.Tensor) -> torch.Tensor:
+    """`F.linear(F.rms_norm(x, ..., norm_weight, eps), w)` for one row x (K,) in one compiled call (the
+    decode step's final norm and lm_head; tensors as `layer_usable` reads them) -> (N,). Call only after
+    `native_available()`."""
+    return _norm_gemv(_STATE["head"], x, norm_weight, eps, w)
+
+
 def native_available() -> bool:
     """Whether the compiled kernels are loaded (compiling them on the first call; see the module doc)."""
     if not _STATE:
         try:
-            _STATE["gemv"], _STATE["rows"], _STATE["attend"], _STATE["layer"] = _load()
+            _STATE["gemv"], _STATE["rows"], _STATE["attend"], _STATE["layer"], _STATE["head"] = _load()
         except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as e:
             _STATE["error"] = str(e)
             log.debug("compiled decode kernels unavailable, the decode step keeps torch's: %s", e)

@@ -1,4 +1,5 @@
-/* One decoder layer of the CPU decode step for one row (batch 1), float32, in one call: the layer's
+/* One decoder layer of the CPU decode step for one row (batch 1), float32, in one call (and, at the end,
+ * the step's final norm and lm_head in another): the layer's
  * four weight streams (gemv.h), its attention (attend.h) and everything between them, inside one
  * OpenMP parallel region. Compiled on first use by model/native.py together with gemv.c and attend.c.
  *
@@ -94,5 +95,17 @@ void phi3v_layer_one_f32(float *x, const float *ln1, float eps1, const float *ln
         team_gemv(Wd, ld_d, act, o, D, I, nthreads, prefetch);
 #pragma omp for schedule(static)
         for (int64_t j = 0; j < D; j++) x[j] += o[j];
+    }
+}
+
+/* y = W (rms_norm(x) * nw): the step's final norm and lm_head in one call. `h` is scratch of K floats.
+ * (Done by torch, the norm alone took ~0.2 ms: its ops run with the caches cold after the layers.) */
+void phi3v_norm_gemv_f32(const float *x, const float *nw, float eps, const float *W, int64_t ldw, float *y, int64_t N,
+                         int64_t K, float *h, int nthreads, int64_t prefetch) {
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+#pragma omp single
+        rms_norm(x, nw, eps, K, h);
+        team_gemv(W, ldw, h, y, N, K, nthreads, prefetch);
     }
 }
