@@ -75,6 +75,16 @@ def uncached_logits(model, ids, mask, images, new_tokens):
         return model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask), **images).logits[:, -1]
 
 
+def assert_same_decode(model, ids, mask, got, want, steps=(0, 6, 11), images=None):
+    """Two generations through different decode paths: the same tokens, step logits within 1e-4, and
+    `got`'s equal to a fresh uncached forward (1e-4) at `steps`."""
+    assert got.tokens == want.tokens
+    for t in steps:
+        assert (got.step_logits[t] - want.step_logits[t]).abs().max() <= 1e-4, f"step {t}"
+        expected = uncached_logits(model, ids, mask, images or {}, [row[:t] for row in got.tokens])
+        assert (got.step_logits[t] - expected).abs().max() <= 1e-4, f"step {t}"
+
+
 @pytest.mark.parametrize("name", ["m_text_cross", "m_image_one", "m_batch2_text_straddle"])
 def test_cached_logits_equal_uncached_forward(model, reference_dir, manifest, name):
     _, _, ids, mask, images = gen_inputs(reference_dir, manifest, name)
@@ -257,11 +267,7 @@ def test_onednn_decode_matches_the_blas_fallback(monkeypatch):
     blas = random_model(config, seed=0)
     b = generate(blas, ids, mask, params=GREEDY12, return_step_logits=True)
     assert not blas.model.layers[0].self_attn.qkv_proj.weight.is_contiguous()  # the fallback's layout
-    assert a.tokens == b.tokens
-    for t in (0, 6, 11):
-        assert (a.step_logits[t] - b.step_logits[t]).abs().max() <= 1e-4
-        expected = uncached_logits(fast, ids, mask, {}, [row[:t] for row in a.tokens])
-        assert (a.step_logits[t] - expected).abs().max() <= 1e-4
+    assert_same_decode(fast, ids, mask, a, b)
 
 
 def test_native_gemv_decode_matches_onednn(monkeypatch):
@@ -291,11 +297,7 @@ def test_native_gemv_decode_matches_onednn(monkeypatch):
     assert len(calls) >= 12 * 5  # every large weight (qkv, gate_up, down, lm_head...) of every step
     monkeypatch.setattr(decode, "native_available", lambda: False)
     onednn = generate(model, ids, mask, params=GREEDY12, return_step_logits=True)
-    assert native.tokens == onednn.tokens
-    for t in (0, 6, 11):
-        assert (native.step_logits[t] - onednn.step_logits[t]).abs().max() <= 1e-4
-        expected = uncached_logits(model, ids, mask, {}, [row[:t] for row in native.tokens])
-        assert (native.step_logits[t] - expected).abs().max() <= 1e-4
+    assert_same_decode(model, ids, mask, native, onednn)
 
 
 @pytest.mark.parametrize("window", [None, 30])
@@ -323,11 +325,7 @@ def test_native_layer_decode_matches_the_per_op_path(monkeypatch, window):
     assert generate(model, ids, mask, params=GREEDY12).tokens == fused.tokens and calls.count(2) == 11  # lm_head too
     monkeypatch.setattr(decode, "_native_layers", lambda *a: None)
     per_op = generate(model, ids, mask, params=GREEDY12, return_step_logits=True)
-    assert fused.tokens == per_op.tokens
-    for t in (1, 6, 11):
-        assert (fused.step_logits[t] - per_op.step_logits[t]).abs().max() <= 1e-4
-        expected = uncached_logits(model, ids, mask, {}, [row[:t] for row in fused.tokens])
-        assert (fused.step_logits[t] - expected).abs().max() <= 1e-4
+    assert_same_decode(model, ids, mask, fused, per_op, steps=(1, 6, 11))
 
 
 def test_native_layer_continues_a_padded_row_alone(monkeypatch):
@@ -400,11 +398,7 @@ def test_native_few_row_kernel_decode_matches_onednn(monkeypatch):
         monkeypatch.setattr(decode, "native_available", lambda: False)
         onednn = generate(model, ids, mask, params=GREEDY12, return_step_logits=True)
         monkeypatch.undo()
-        assert fast.tokens == onednn.tokens
-        for t in (0, 6, 11):
-            assert (fast.step_logits[t] - onednn.step_logits[t]).abs().max() <= 1e-4
-            expected = uncached_logits(model, ids, mask, {}, [row[:t] for row in fast.tokens])
-            assert (fast.step_logits[t] - expected).abs().max() <= 1e-4
+        assert_same_decode(model, ids, mask, fast, onednn)
 
 
 def test_native_attention_kernel_matches_torch():
