@@ -321,7 +321,7 @@ def test_native_layer_decode_matches_the_per_op_path(monkeypatch, window):
     monkeypatch.setattr(decode.DecodeStep, "_native_step", lambda self, *a: calls.append(1) or real(self, *a))
     fused = generate(model, ids, mask, params=GREEDY12, return_step_logits=True)
     assert len(calls) == 11  # every decode step (the first token comes from the prefill)
-    monkeypatch.setattr(decode, "native_norm_gemv", lambda *a: calls.append(2) or native.native_norm_gemv(*a))
+    monkeypatch.setattr(decode, "native_norm_gemv", lambda *a, **kw: calls.append(2) or native.native_norm_gemv(*a, **kw))
     assert generate(model, ids, mask, params=GREEDY12).tokens == fused.tokens and calls.count(2) == 11  # lm_head too
     monkeypatch.setattr(decode, "_native_layers", lambda *a: None)
     per_op = generate(model, ids, mask, params=GREEDY12, return_step_logits=True)

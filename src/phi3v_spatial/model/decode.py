@@ -323,8 +323,7 @@ class DecodeStep:
             self.cos, self.sin = self.cos.contiguous(), self.sin.contiguous()
             self.scratch = torch.empty(self.native[0].scratch_floats(max_slots))
             norm, head = lm.norm, _plain_linear(model.lm_head)
-            if (type(norm) is Phi3RMSNorm and not (norm._forward_hooks or norm._forward_pre_hooks)
-                    and isinstance(head, torch.Tensor) and layer_usable(norm.weight, head)):
+            if _plain_norm(norm) and isinstance(head, torch.Tensor) and layer_usable(norm.weight, head):
                 self.native_head = (norm.weight, norm.eps, head)
 
     def __call__(
@@ -377,7 +376,7 @@ class DecodeStep:
             layer(x, cos, sin, k, v, slot, start, bias, self.scale, self.scratch)
         cache.length = slot + 1
         if self.native_head is not None:
-            return native_norm_gemv(x, *self.native_head)[None]
+            return native_norm_gemv(x, *self.native_head, scratch=self.scratch)[None]
         return self.lm_head(_rms_norm(x.view(1, 1, -1), self.norm))[:, 0].float()
 
 
@@ -389,13 +388,18 @@ def _native_layers(model, heads: int, kv_heads: int, head_dim: int) -> list[Nati
     for layer in model.model.layers:
         attn, mlp, ln1, ln2 = layer.self_attn, layer.mlp, layer.input_layernorm, layer.post_attention_layernorm
         mats = [_plain_linear(m) for m in (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)]
-        norms = [n for n in (ln1, ln2) if type(n) is Phi3RMSNorm and not (n._forward_hooks or n._forward_pre_hooks)]
-        if len(norms) < 2 or not all(isinstance(w, torch.Tensor) for w in mats) or not layer_usable(ln1.weight, ln2.weight, *mats):
+        if not (_plain_norm(ln1) and _plain_norm(ln2) and all(isinstance(w, torch.Tensor) for w in mats)
+                and layer_usable(ln1.weight, ln2.weight, *mats)):
             return None
         layers.append((ln1, ln2, mats))
     if not layers or not native_available():
         return None
     return [NativeLayer(ln1.weight, ln1.eps, ln2.weight, ln2.eps, *mats, heads, kv_heads, head_dim) for ln1, ln2, mats in layers]
+
+
+def _plain_norm(norm: nn.Module) -> bool:
+    """A Phi3RMSNorm without hooks (the compiled kernels compute it themselves)."""
+    return type(norm) is Phi3RMSNorm and not (norm._forward_hooks or norm._forward_pre_hooks)
 
 
 def _native_cache(cache: KVCache, bias) -> bool:

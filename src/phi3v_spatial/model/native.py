@@ -209,19 +209,20 @@ def _attend(fn, q, k, v, bias, scale: float) -> torch.Tensor:
     return out
 
 
-def _norm_gemv(fn, x: torch.Tensor, nw: torch.Tensor, eps: float, w: torch.Tensor) -> torch.Tensor:
+def _norm_gemv(fn, x: torch.Tensor, nw: torch.Tensor, eps: float, w: torch.Tensor, h=None) -> torch.Tensor:
     y = torch.empty(w.shape[0], dtype=torch.float32)
-    h = torch.empty(w.shape[1], dtype=torch.float32)
+    h = torch.empty(w.shape[1], dtype=torch.float32) if h is None else h
     fn(x.data_ptr(), nw.data_ptr(), eps, w.data_ptr(), w.stride(0), y.data_ptr(), w.shape[0], w.shape[1], h.data_ptr(),
        torch.get_num_threads(), PREFETCH)
     return y
 
 
-def native_norm_gemv(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, w: torch.Tensor) -> torch.Tensor:
+def native_norm_gemv(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, w: torch.Tensor, scratch=None) -> torch.Tensor:
     """`F.linear(F.rms_norm(x, ..., norm_weight, eps), w)` for one row x (K,) in one compiled call (the
-    decode step's final norm and lm_head; tensors as `layer_usable` reads them) -> (N,). Call only after
+    decode step's final norm and lm_head; tensors as `layer_usable` reads them) -> (N,). `scratch`: at
+    least K float32 to use for the normed row (else one is allocated). Call only after
     `native_available()`."""
-    return _norm_gemv(_STATE["head"], x, norm_weight, eps, w)
+    return _norm_gemv(_STATE["head"], x, norm_weight, eps, w, scratch)
 
 
 def native_available() -> bool:
@@ -289,11 +290,9 @@ class NativeLayer:
                  _fn=None):
         self._fn = _STATE["layer"] if _fn is None else _fn
         self._keep = (ln1, ln2, qkv, o, gate_up, down)  # the pointers below stay valid while bound
-        self.hidden, self.intermediate = qkv.shape[1], down.shape[1]
-        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
         self._weights = (ln1.data_ptr(), eps1, ln2.data_ptr(), eps2, qkv.data_ptr(), qkv.stride(0), o.data_ptr(), o.stride(0),
                          gate_up.data_ptr(), gate_up.stride(0), down.data_ptr(), down.stride(0))
-        self._dims = (self.hidden, heads, kv_heads, head_dim, self.intermediate)
+        self._dims = (qkv.shape[1], heads, kv_heads, head_dim, down.shape[1])  # D, H, KVH, d, I
 
     def scratch_floats(self, keys: int) -> int:
         D, H, KVH, d, I = self._dims
@@ -301,8 +300,8 @@ class NativeLayer:
 
     def __call__(self, x, cos, sin, k, v, slot: int, start: int, bias, scale: float, scratch) -> None:
         self._fn(x.data_ptr(), *self._weights, cos.data_ptr(), sin.data_ptr(), k.data_ptr(), v.data_ptr(),
-                        k.stride(1), k.stride(2), v.stride(1), v.stride(2), slot, start, 0 if bias is None else bias.data_ptr(),
-                        *self._dims, scale, scratch.data_ptr(), torch.get_num_threads(), PREFETCH)
+                 k.stride(1), k.stride(2), v.stride(1), v.stride(2), slot, start, 0 if bias is None else bias.data_ptr(),
+                 *self._dims, scale, scratch.data_ptr(), torch.get_num_threads(), PREFETCH)
 
 
 def layer_reference(x, ln1, eps1, ln2, eps2, qkv, o, gate_up, down, cos, sin, k, v, slot, start, bias, heads, kv_heads, scale):

@@ -14,6 +14,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "gemv.h" /* v16, load16 */
+
 #define TASKS 4
 /* the vector path prefetches each head's keys and values AHEAD keys ahead, into L2 (prefetcht1): it
  * reads 16 keys of one head, then of the next, and the hardware prefetchers alone fall behind those
@@ -21,23 +23,15 @@
  * with the cache warm; 8-32 keys ahead and L1 / L2 / non-temporal targets measured, on the project's VM) */
 #define AHEAD 16
 
-typedef float vf16 __attribute__((vector_size(64)));
 typedef int32_t vi16 __attribute__((vector_size(64)));
 typedef double vd8 __attribute__((vector_size(64)));
-typedef float vf8 __attribute__((vector_size(32)));
 
-static inline vf16 ld16(const float *p) {
-    vf16 v;
-    memcpy(&v, p, sizeof v); /* unaligned load */
-    return v;
-}
-
-static inline vf16 select16(vi16 mask, vf16 yes, vf16 no) { /* lane-wise mask ? yes : no (mask lanes 0 or -1) */
+static inline v16 select16(vi16 mask, v16 yes, v16 no) { /* lane-wise mask ? yes : no (mask lanes 0 or -1) */
     vi16 y, n;
     memcpy(&y, &yes, sizeof y);
     memcpy(&n, &no, sizeof n);
     const vi16 r = (y & mask) | (n & ~mask);
-    vf16 out;
+    v16 out;
     memcpy(&out, &r, sizeof out);
     return out;
 }
@@ -45,28 +39,28 @@ static inline vf16 select16(vi16 mask, vf16 yes, vf16 no) { /* lane-wise mask ? 
 /* exp(x) for x <= 0 (a score minus its row's maximum), 16 lanes at a time: x = n ln2 + f, |f| <= ln2/2,
  * e^f by the minimax polynomial of Cephes' expf (~1 ulp), times 2^n through the exponent bits; 0 below
  * -87 (and for -inf). Vectorised, where the C library's expf is a call per element. */
-static inline vf16 exp16(vf16 x) {
+static inline v16 exp16(v16 x) {
     const vi16 under = x < -87.0f;
-    x = select16(under, (vf16){0}, x);
+    x = select16(under, (v16){0}, x);
     const vi16 n = -__builtin_convertvector(0.5f - x * 1.44269504088896341f, vi16); /* round(x / ln2) for x <= 0 */
-    const vf16 nf = __builtin_convertvector(n, vf16);
-    const vf16 f = x - nf * 0.693359375f + nf * 2.12194440e-4f;
-    vf16 p = 1.9875691500e-4f * f + 1.3981999507e-3f;
+    const v16 nf = __builtin_convertvector(n, v16);
+    const v16 f = x - nf * 0.693359375f + nf * 2.12194440e-4f;
+    v16 p = 1.9875691500e-4f * f + 1.3981999507e-3f;
     p = p * f + 8.3334519073e-3f;
     p = p * f + 4.1665795894e-2f;
     p = p * f + 1.6666665459e-1f;
     p = p * f + 5.0000001201e-1f;
     p = p * f * f + f + 1.0f;
     const vi16 bits = (n + 127) << 23;
-    vf16 scale;
+    v16 scale;
     memcpy(&scale, &bits, sizeof scale);
-    return select16(under, (vf16){0}, p * scale);
+    return select16(under, (v16){0}, p * scale);
 }
 
 /* the 16 lane sums of a[0..15], in order, as one vector (a transpose-and-add tree: 15 steps of two
  * shuffles and an add, where 16 separate horizontal sums take ~4x the instructions) */
-static inline vf16 sums16(vf16 a[16]) {
-    vf16 b[8], c[4], e[2];
+static inline v16 sums16(v16 a[16]) {
+    v16 b[8], c[4], e[2];
     for (int i = 0; i < 8; i++)
         b[i] = __builtin_shufflevector(a[2 * i], a[2 * i + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
                __builtin_shufflevector(a[2 * i], a[2 * i + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
@@ -89,24 +83,24 @@ static inline __attribute__((always_inline)) void attend_heads_vec(int64_t n, co
                                                                    const float *const qg[], float *const sc[],
                                                                    const float *const bb[], float *const og[], int64_t S,
                                                                    int64_t k_ss, int64_t v_ss, float scale, const int DV) {
-    vf16 mx[TASKS];
-    for (int64_t i = 0; i < n; i++) mx[i] = (vf16){0} - INFINITY;
+    v16 mx[TASKS];
+    for (int64_t i = 0; i < n; i++) mx[i] = (v16){0} - INFINITY;
     for (int64_t s0 = 0; s0 < S; s0 += 16) {
         const int64_t m = S - s0 < 16 ? S - s0 : 16;
         for (int64_t i = 0; i < n; i++) {
-            vf16 q[8], acc[16];
-            for (int c = 0; c < DV; c++) q[c] = ld16(qg[i] + 16 * c);
+            v16 q[8], acc[16];
+            for (int c = 0; c < DV; c++) q[c] = load16(qg[i] + 16 * c);
             for (int t = 0; t < 16; t++) {
-                acc[t] = (vf16){0};
+                acc[t] = (v16){0};
                 if (t < m) {
                     const float *k = kh[i] + (s0 + t) * k_ss;
                     for (int c = 0; c < DV; c++) {
                         __builtin_prefetch(k + AHEAD * k_ss + 16 * c, 0, 2);
-                        acc[t] += q[c] * ld16(k + 16 * c);
+                        acc[t] += q[c] * load16(k + 16 * c);
                     }
                 }
             }
-            vf16 x = sums16(acc) * scale;
+            v16 x = sums16(acc) * scale;
             if (bb[i])
                 for (int t = 0; t < m; t++) x[t] += bb[i][s0 + t];
             for (int t = m; t < 16; t++) x[t] = -INFINITY;
@@ -119,25 +113,25 @@ static inline __attribute__((always_inline)) void attend_heads_vec(int64_t n, co
         top[i] = -INFINITY;
         for (int t = 0; t < 16; t++) top[i] = mx[i][t] > top[i] ? mx[i][t] : top[i];
     }
-    vf16 o[TASKS][8];
+    v16 o[TASKS][8];
     vd8 sum[TASKS]; /* in double: S may be 100k terms */
     for (int64_t i = 0; i < n; i++) {
         sum[i] = (vd8){0};
-        for (int c = 0; c < DV; c++) o[i][c] = (vf16){0};
+        for (int c = 0; c < DV; c++) o[i][c] = (v16){0};
     }
     for (int64_t s0 = 0; s0 < S; s0 += 16) {
         const int64_t m = S - s0 < 16 ? S - s0 : 16;
         for (int64_t i = 0; i < n; i++) {
-            vf16 x;
+            v16 x;
             for (int t = 0; t < 16; t++) x[t] = t < m ? sc[i][s0 + t] - top[i] : -INFINITY;
-            const vf16 p = exp16(x);
+            const v16 p = exp16(x);
             sum[i] += __builtin_convertvector(__builtin_shufflevector(p, p, 0, 1, 2, 3, 4, 5, 6, 7), vd8) +
                       __builtin_convertvector(__builtin_shufflevector(p, p, 8, 9, 10, 11, 12, 13, 14, 15), vd8);
             for (int t = 0; t < m; t++) {
                 const float *v = vh[i] + (s0 + t) * v_ss;
                 for (int c = 0; c < DV; c++) {
                     __builtin_prefetch(v + AHEAD * v_ss + 16 * c, 0, 2);
-                    o[i][c] += p[t] * ld16(v + 16 * c);
+                    o[i][c] += p[t] * load16(v + 16 * c);
                 }
             }
         }
@@ -147,7 +141,7 @@ static inline __attribute__((always_inline)) void attend_heads_vec(int64_t n, co
         for (int t = 0; t < 8; t++) total += sum[i][t];
         const float inv = (float)(1.0 / total);
         for (int c = 0; c < DV; c++) {
-            const vf16 r = o[i][c] * inv;
+            const v16 r = o[i][c] * inv;
             memcpy(og[i] + 16 * c, &r, sizeof r);
         }
     }

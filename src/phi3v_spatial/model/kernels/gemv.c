@@ -4,10 +4,8 @@
 
 void phi3v_gemv_f32(const float *W, const float *x, float *y, int64_t N, int64_t K, int64_t ldw,
                     int nthreads, int64_t prefetch) {
-    const int64_t chunk = chunk_rows(N, K, nthreads), nchunks = (N + chunk - 1) / chunk;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads) if (nthreads > 1 && nchunks > 1)
-    for (int64_t c = 0; c < nchunks; c++)
-        gemv_chunk(W, x, y, c * chunk, (c + 1) * chunk < N ? (c + 1) * chunk : N, K, ldw, prefetch);
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1 && N > chunk_rows(N, K, nthreads))
+    team_gemv(W, ldw, x, y, N, K, nthreads, prefetch);
 }
 
 /* A few rows at once (the decode step of a small batch): Y[m, n] = sum_k W[n, k] * X[m, k] for M rows

@@ -83,3 +83,13 @@ static inline void gemv_chunk(const float *W, const float *x, float *y, int64_t 
         four_rows(w, x, K, prefetch, out);
     }
 }
+
+/* y = W x over the calling team: chunks of rows taken in turn (a worksharing loop, so called inside a
+ * parallel region; it ends with the team's barrier) */
+static inline void team_gemv(const float *W, int64_t ldw, const float *x, float *y, int64_t N, int64_t K, int nthreads,
+                             int64_t prefetch) {
+    const int64_t chunk = chunk_rows(N, K, nthreads), nchunks = (N + chunk - 1) / chunk;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t c = 0; c < nchunks; c++)
+        gemv_chunk(W, x, y, c * chunk, (c + 1) * chunk < N ? (c + 1) * chunk : N, K, ldw, prefetch);
+}

@@ -36,16 +36,6 @@ static inline void rope(const float *in, const float *cos, const float *sin, int
     for (int64_t j = 0; j < d; j++) out[j] = in[j] * cos[j] + in[j < half ? j + half : j - half] * sin[j];
 }
 
-/* y = W x over the team: chunks of rows taken in turn (a worksharing loop: callers are inside the
- * parallel region; it ends with the team's barrier) */
-static inline void team_gemv(const float *W, int64_t ldw, const float *x, float *y, int64_t N, int64_t K, int nthreads,
-                             int64_t prefetch) {
-    const int64_t chunk = chunk_rows(N, K, nthreads), nchunks = (N + chunk - 1) / chunk;
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t c = 0; c < nchunks; c++)
-        gemv_chunk(W, x, y, c * chunk, (c + 1) * chunk < N ? (c + 1) * chunk : N, K, ldw, prefetch);
-}
-
 void phi3v_layer_one_f32(float *x, const float *ln1, float eps1, const float *ln2, float eps2,
                          const float *Wqkv, int64_t ld_qkv, const float *Wo, int64_t ld_o,
                          const float *Wgu, int64_t ld_gu, const float *Wd, int64_t ld_d,
