@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -142,8 +143,6 @@ def _mode(cfg: TrainConfig, acc) -> tuple[str, int]:
     (only its choice of mode and ZeRO stage is read; the loop applies the mode itself). Read from
     the accelerator's state and from the variables `accelerate launch` sets: on a CPU the
     accelerator itself stays plain multi-process whatever the config says."""
-    import os
-
     from . import sharding
 
     kind = str(acc.distributed_type).upper()
@@ -161,8 +160,6 @@ def _mode(cfg: TrainConfig, acc) -> tuple[str, int]:
 def _accelerate_zero_stage(acc) -> int | None:
     """The ZeRO stage of an accelerate DeepSpeed config: its plugin's, the launcher's variable, or
     the stage in its DeepSpeed config file."""
-    import os
-
     plugin = getattr(acc.state, "deepspeed_plugin", None)
     if getattr(plugin, "zero_stage", None) is not None:
         return int(plugin.zero_stage)
