@@ -150,25 +150,42 @@ def interleaved_batch8(model, ids, mask, pv, sizes, params, tokenizer, pairs: in
     return out
 
 
+def _probe_buffers(torch, size_mib: int):
+    """Two read-probe buffers of `size_mib` each, touched: one from torch's allocator (4 KiB pages) and
+    one on transparent huge pages (as the engine's weights are; `hugepages.py`). The machine's read
+    bandwidth is the faster of the two, so the engine is not judged against a handicapped probe."""
+    from phi3v_spatial import hugepages
+
+    small = torch.ones(size_mib * 2**20 // 4)
+    huge = hugepages.empty(small.shape, torch.float32).fill_(1.0)
+    small.sum(), huge.sum()
+    return {"small_pages": small, "huge_pages": huge}
+
+
 def interleaved_pairs(torch, model, ids, mask, pv, sizes, params, tokenizer, weight_bytes, pairs: int = 5,
                       size_mib: int = 1024) -> list[dict]:
     """Decode runs alternating with read-bandwidth probes, each pair seconds apart: on a VM whose
     bandwidth drifts from run to run, a decode rate is compared with the bandwidth of its own moment
     rather than with a figure taken minutes later. Each probe reads for as long as its decode ran
-    (sustained, not a burst of a few sums)."""
-    x = torch.ones(size_mib * 2**20 // 4)
-    x.sum()
+    (sustained, not a burst of a few sums), alternating sums over the 4 KiB-page and the huge-page
+    buffer; the bandwidth of the moment is the faster of the two."""
+    buffers = _probe_buffers(torch, size_mib)
     out = []
     for _ in range(pairs):
         timings = generate_once(model, ids, mask, pv, sizes, params, tokenizer).timings
         achieved = weight_bytes * timings.decode_tokens_per_second / 1e9
         decode_seconds = (params.max_new_tokens - 1) / timings.decode_tokens_per_second
-        n, t0 = 0, time.perf_counter()
-        while n < 3 or time.perf_counter() - t0 < decode_seconds:  # sustained for as long as the decode ran
-            x.sum()
-            n += 1
-        bw = n * x.numel() * 4 / (time.perf_counter() - t0) / 1e9
-        out.append({"achieved_gbs": achieved, "read_sum_gbs": bw, "fraction": achieved / bw})
+        spent = {name: [] for name in buffers}
+        t0 = time.perf_counter()
+        while min(len(v) for v in spent.values()) < 2 or time.perf_counter() - t0 < decode_seconds:
+            for name, x in buffers.items():
+                t = time.perf_counter()
+                x.sum()
+                spent[name].append(time.perf_counter() - t)
+        rates = {name: len(v) * buffers[name].numel() * 4 / sum(v) / 1e9 for name, v in spent.items()}
+        bw = max(rates.values())
+        out.append({"achieved_gbs": achieved, "read_sum_gbs": bw, "read_sum_small_pages_gbs": rates["small_pages"],
+                    "read_sum_huge_pages_gbs": rates["huge_pages"], "fraction": achieved / bw})
     return out
 
 
@@ -197,21 +214,26 @@ def matmuls_only_gbs(model, torch, repeat: int = 5) -> float:
 
 def memory_bandwidth(torch, size_mib: int = 1024, repeat: int = 7) -> dict:
     """Read bandwidth of this process with torch's threads: sum over a tensor far larger than the
-    caches (the access pattern of streaming weights), and a copy (read + write) for reference."""
-    x = torch.ones(size_mib * 2**20 // 4)
+    caches (the access pattern of streaming weights), on 4 KiB pages and on huge pages (`read_sum` is
+    the faster), and a copy (read + write) for reference."""
+    buffers = _probe_buffers(torch, size_mib)
+    x = buffers["small_pages"]
     y = torch.empty_like(x)
-    x.sum(), y.copy_(x)  # touch the pages
-    sums, copies = [], []
+    y.copy_(x)  # touch the pages
+    sums = {name: [] for name in buffers}
+    copies = []
     for _ in range(repeat):
-        t = time.perf_counter()
-        x.sum()
-        sums.append(time.perf_counter() - t)
+        for name, b in buffers.items():
+            t = time.perf_counter()
+            b.sum()
+            sums[name].append(time.perf_counter() - t)
         t = time.perf_counter()
         y.copy_(x)
         copies.append(time.perf_counter() - t)
     nbytes = x.numel() * 4
-    return {"read_sum": nbytes / statistics.median(sums) / 1e9, "read_sum_best": nbytes / min(sums) / 1e9,
-            "copy_read_write": 2 * nbytes / statistics.median(copies) / 1e9}
+    rates = {name: nbytes / statistics.median(v) / 1e9 for name, v in sums.items()}
+    return {"read_sum": max(rates.values()), "read_sum_small_pages": rates["small_pages"], "read_sum_huge_pages": rates["huge_pages"],
+            "read_sum_best": nbytes / min(min(v) for v in sums.values()) / 1e9, "copy_read_write": 2 * nbytes / statistics.median(copies) / 1e9}
 
 
 def _rss_now_mib() -> float:
@@ -323,15 +345,18 @@ def bench_mid(preset: str, args) -> dict:
           f"prompt {mo['prompt_tokens']} tokens, {args.mid_repeat} runs each")
     print(f"    prefill ours {o['prefill_seconds']:7.2f} s   original {r['prefill_seconds']:7.2f} s   ratio {b['prefill_speedup']:.2f}x (target >= 1.2x)")
     print(f"    decode  ours {o['decode_tokens_per_second']:7.2f} tok/s original {r['decode_tokens_per_second']:7.2f} tok/s ratio {b['decode_ratio']:.2f}x (target >= 1x)")
-    print(f"    weights streamed {achieved:.1f} GB/s of {bw:.1f} GB/s measured read bandwidth = {100 * b['bandwidth_fraction']:.0f}% (target >= 85%); "
+    mbw = mo["memory_bandwidth_gbs"]
+    print(f"    weights streamed {achieved:.1f} GB/s of {bw:.1f} GB/s measured read bandwidth (4 KiB pages {mbw['read_sum_small_pages']:.1f}, "
+          f"huge pages {mbw['read_sum_huge_pages']:.1f}) = {100 * b['bandwidth_fraction']:.0f}% (target >= 85%); "
           f"with the KV cache ({mo['kv_bytes_per_step'] / 1e9:.2f} GB/step) {b['achieved_weights_plus_kv_gbs']:.1f} GB/s; "
           f"the weight matmuls alone stream {mo['matmuls_only_gbs']:.1f} GB/s = {100 * mo['matmuls_only_gbs'] / bw:.0f}% "
           f"(one-row kernel: {mo['one_row_kernel']}; through oneDNN {mo['matmuls_only_onednn_gbs']:.1f} GB/s)")
     fractions = ", ".join(f"{100 * p['fraction']:.0f}%" for p in pairs)
     rates = ", ".join(f"{p['achieved_gbs']:.1f}/{p['read_sum_gbs']:.1f}" for p in pairs)
+    pages = ", ".join(f"{p['read_sum_small_pages_gbs']:.1f}/{p['read_sum_huge_pages_gbs']:.1f}" for p in pairs)
     print(f"    interleaved (decode run, then read probe, x{len(pairs)}): weights streamed at {fractions} of the "
           f"bandwidth of the same moment ({rates} GB/s); median {100 * b['interleaved_bandwidth_fraction']:.0f}% "
-          f"(target >= 85%: the pass criterion)")
+          f"(target >= 85%: the pass criterion); the probes read {pages} GB/s on 4 KiB / huge pages")
     print(f"    batch 8: {b['batch8_throughput_tokens_per_second']:.1f} tok/s = {b['batch8_over_batch1']:.2f}x batch 1 (target >= 4x); "
           f"its KV cache alone is {m8['kv_bytes_per_step'] / 1e9:.2f} GB read per step; packed weight copies "
           f"{m8['packed_weight_bytes'] / 1e9:.2f} GB (made in the first run: {m8['warmup_seconds'][0]:.1f} s, vs "

@@ -4,7 +4,8 @@ Loading builds the model on the meta device and assigns each tensor as it is rea
 one at a time), so a checkpoint is never held twice. Safetensors files are read with plain file
 reads into fresh (anonymous) memory rather than memory-mapped: a mapped file is backed by 4 KiB
 page-cache pages, which a CPU streams ~25% slower than anonymous memory on transparent huge pages
-(decode on CPU is bound by that stream), and read() pages never count twice in RSS. Every key is checked: a missing, unexpected or
+(decode on CPU is bound by that stream; `hugepages.py` allocates them), and read() pages never count
+twice in RSS. Every key is checked: a missing, unexpected or
 wrongly shaped tensor is a `CheckpointError` that lists the names.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Iterator
 import torch
 
 from .config import Phi3VConfig
+from . import hugepages
 from .errors import CheckpointError
 
 SAFE_INDEX = "model.safetensors.index.json"
@@ -112,7 +114,7 @@ def read_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
                                       f"bytes {start}..{end} of a {size - base}-byte data section (truncated or corrupt)")
             entries.append((start, end, name, dtype, shape))
         for start, end, name, dtype, shape in sorted(entries):
-            t = torch.empty(shape, dtype=dtype)
+            t = hugepages.empty(shape, dtype)
             if end > start:
                 f.seek(base + start)
                 if f.readinto(memoryview(t.view(-1).view(torch.uint8).numpy())) != end - start:
@@ -158,7 +160,10 @@ def assign_weights(model: torch.nn.Module, tensors: Iterator[tuple[str, torch.Te
             misshaped.append(f"{name} {tuple(t.shape)} (expected {tuple(expected[name].shape)})")
             continue
         target_dtype = dtype if t.is_floating_point() else t.dtype
-        value = t.to(device=device, dtype=target_dtype)
+        if torch.device(device).type == "cpu" and (t.dtype != target_dtype or t.device.type != "cpu"):
+            value = hugepages.empty(t.shape, target_dtype).copy_(t)  # cast onto huge pages, as read tensors are
+        else:
+            value = t.to(device=device, dtype=target_dtype)
         module_name, _, attr = name.rpartition(".")
         module = model.get_submodule(module_name)
         module._parameters[attr] = torch.nn.Parameter(value, requires_grad=module._parameters[attr].requires_grad)

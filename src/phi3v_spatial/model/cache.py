@@ -7,12 +7,21 @@ from __future__ import annotations
 
 import torch
 
+from ..hugepages import zeros as _huge_zeros
+
+
+def _zeros(shape, dtype, device) -> torch.Tensor:
+    """Zeros; on the CPU on huge pages (decode streams the cache as it streams the weights)."""
+    if torch.device(device).type == "cpu":
+        return _huge_zeros(shape, dtype)
+    return torch.zeros(shape, dtype=dtype, device=device)
+
 
 class KVCache:
     def __init__(self, num_layers: int, batch: int, kv_heads: int, max_len: int, head_dim: int, dtype, device):
         shape = (batch, kv_heads, max_len, head_dim)
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.k = [_zeros(shape, dtype, device) for _ in range(num_layers)]
+        self.v = [_zeros(shape, dtype, device) for _ in range(num_layers)]
         self.length = 0
         self.max_len = max_len
 

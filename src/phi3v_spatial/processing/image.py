@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from .. import hugepages
 from ..errors import ConfigError, ImageError
 from .hd import CROP_SIZE, TOKENS_PER_CROP, hd_padded_size, hd_resized_size, num_image_tokens_for_padded
 
@@ -190,16 +191,6 @@ OUTPUT_CACHE_BYTES = 256 << 20  # most memory kept for recycling after the calle
 _POOLED_MIN_BYTES = 1 << 20  # smaller outputs come from torch.empty
 
 
-def _huge_mapping(nbytes: int) -> mmap.mmap:
-    """Anonymous memory, on transparent huge pages where the OS allows (512x fewer page faults)."""
-    buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    try:
-        buf.madvise(mmap.MADV_HUGEPAGE)
-    except OSError:  # THP disabled: plain pages, still correct
-        pass
-    return buf
-
-
 class _OutputBuffers:
     """Hands out float32 tensors backed by anonymous huge-page mappings; a mapping returns to the
     free list when the last tensor (or array) using it is freed, and is reused without page faults."""
@@ -212,7 +203,7 @@ class _OutputBuffers:
     def empty(self, shape: tuple[int, ...]) -> torch.Tensor:
         count = int(np.prod(shape))
         nbytes = count * 4
-        if nbytes < _POOLED_MIN_BYTES or not hasattr(mmap, "MADV_HUGEPAGE"):
+        if nbytes < _POOLED_MIN_BYTES or not hugepages.enabled():
             return torch.empty(shape, dtype=torch.float32)
         buf = None
         with self._lock:
@@ -221,7 +212,7 @@ class _OutputBuffers:
                 buf = min(fits, key=len)
                 self._free.remove(buf)
         if buf is None:
-            buf = _huge_mapping(nbytes)
+            buf = hugepages.mapping(nbytes)
         arr = np.frombuffer(buf, dtype=np.float32, count=count).reshape(shape)
         weakref.finalize(arr, self._give_back, buf).atexit = False
         return torch.from_numpy(arr)
@@ -265,9 +256,9 @@ class _ScratchPool:
             for i, buf in enumerate(self._free):
                 if buf.size >= n:
                     return self._free.pop(i)[:n].reshape(shape)
-        if not hasattr(mmap, "MADV_HUGEPAGE"):
+        if not hugepages.enabled():
             return np.empty(shape, dtype=np.float32)
-        return np.frombuffer(_huge_mapping(max(n, 1) * 4), dtype=np.float32, count=n).reshape(shape)
+        return np.frombuffer(hugepages.mapping(max(n, 1) * 4), dtype=np.float32, count=n).reshape(shape)
 
     def clear(self) -> None:
         with self._lock:

@@ -27,10 +27,20 @@ static inline v16 load16(const float *p) {
     return v;
 }
 
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v4 __attribute__((vector_size(16)));
+
+/* the sum of a's 16 lanes, as a tree of halves (4 adds, not a chain of 15) */
 static inline float hsum(v16 a) {
-    float s = 0.f;
-    for (int i = 0; i < 16; i++) s += a[i];
-    return s;
+    v8 h, l;
+    memcpy(&l, &a, sizeof l);
+    memcpy(&h, (const char *)&a + sizeof l, sizeof h);
+    l += h;
+    v4 q, p;
+    memcpy(&p, &l, sizeof p);
+    memcpy(&q, (const char *)&l + sizeof p, sizeof q);
+    p += q;
+    return (p[0] + p[2]) + (p[1] + p[3]);
 }
 
 /* y[j] = w[j] . x for four rows read side by side (a prefetch never faults, past the end included) */
