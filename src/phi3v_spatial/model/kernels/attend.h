@@ -74,11 +74,36 @@ static inline v16 sums16(v16 a[16]) {
            __builtin_shufflevector(e[0], e[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
 }
 
+/* q . k for one key (DV vectors of 16 floats) as a 16-lane vector of partial sums, prefetching the key
+ * AHEAD keys on; even and odd vectors in two accumulators (two chains of multiply-adds, not one) */
+static inline __attribute__((always_inline)) v16 key_dot(const float *k, const v16 q[], int64_t k_ss, const int DV) {
+    v16 a = (v16){0}, b = (v16){0};
+    for (int c = 0; c < DV; c++) {
+        __builtin_prefetch(k + AHEAD * k_ss + 16 * c, 0, 2);
+        if (c % 2 == 0)
+            a += q[c] * load16(k + 16 * c);
+        else
+            b += q[c] * load16(k + 16 * c);
+    }
+    return a + b;
+}
+
+/* o += p * v for one value row (DV vectors), prefetching the row AHEAD keys on */
+static inline __attribute__((always_inline)) void value_fma(v16 o[], float p, const float *v, int64_t v_ss, const int DV) {
+    for (int c = 0; c < DV; c++) {
+        __builtin_prefetch(v + AHEAD * v_ss + 16 * c, 0, 2);
+        o[c] += p * load16(v + 16 * c);
+    }
+}
+
 /* `attend_heads` for one query per KV head (G = 1) and d = 16 DV: queries, keys, values and outputs as
  * DV vectors of 16 floats. Keys 16 at a time per head: their dot products as 16 vector accumulators,
  * summed into one vector of 16 scores (`sums16`). Values 16 keys at a time per head: the 16
- * probabilities as one vector exponential, the output accumulated in registers (n x DV vectors; the
- * generic path's output in memory chains every key's update through a store). */
+ * probabilities as one vector exponential, the output accumulated in registers over the 16 keys (even
+ * and odd keys apart, then added into the head's running output). A whole block of 16 keys has a path
+ * without per-key tests, so that its accumulators live in registers: with a test per key GCC kept them
+ * in memory, and every multiply-add waited on the previous one's store (~80 GB/s of keys and values
+ * from L3 before, for ~20 GB/s per core of DRAM bandwidth to overlap with). */
 static inline __attribute__((always_inline)) void attend_heads_vec(int64_t n, const float *const kh[], const float *const vh[],
                                                                    const float *const qg[], float *const sc[],
                                                                    const float *const bb[], float *const og[], int64_t S,
@@ -90,21 +115,21 @@ static inline __attribute__((always_inline)) void attend_heads_vec(int64_t n, co
         for (int64_t i = 0; i < n; i++) {
             v16 q[8], acc[16];
             for (int c = 0; c < DV; c++) q[c] = load16(qg[i] + 16 * c);
-            for (int t = 0; t < 16; t++) {
-                acc[t] = (v16){0};
-                if (t < m) {
-                    const float *k = kh[i] + (s0 + t) * k_ss;
-                    for (int c = 0; c < DV; c++) {
-                        __builtin_prefetch(k + AHEAD * k_ss + 16 * c, 0, 2);
-                        acc[t] += q[c] * load16(k + 16 * c);
-                    }
-                }
+            const float *k0 = kh[i] + s0 * k_ss;
+            v16 x;
+            if (m == 16) {
+                for (int t = 0; t < 16; t++) acc[t] = key_dot(k0 + t * k_ss, q, k_ss, DV);
+                x = sums16(acc) * scale;
+                if (bb[i]) x += load16(bb[i] + s0);
+                memcpy(sc[i] + s0, &x, sizeof x);
+            } else {
+                for (int t = 0; t < 16; t++) acc[t] = t < m ? key_dot(k0 + t * k_ss, q, k_ss, DV) : (v16){0};
+                x = sums16(acc) * scale;
+                if (bb[i])
+                    for (int t = 0; t < m; t++) x[t] += bb[i][s0 + t];
+                for (int t = m; t < 16; t++) x[t] = -INFINITY;
+                memcpy(sc[i] + s0, &x, m * sizeof(float));
             }
-            v16 x = sums16(acc) * scale;
-            if (bb[i])
-                for (int t = 0; t < m; t++) x[t] += bb[i][s0 + t];
-            for (int t = m; t < 16; t++) x[t] = -INFINITY;
-            memcpy(sc[i] + s0, &x, m * sizeof(float));
             mx[i] = select16(x > mx[i], x, mx[i]);
         }
     }
@@ -123,17 +148,24 @@ static inline __attribute__((always_inline)) void attend_heads_vec(int64_t n, co
         const int64_t m = S - s0 < 16 ? S - s0 : 16;
         for (int64_t i = 0; i < n; i++) {
             v16 x;
-            for (int t = 0; t < 16; t++) x[t] = t < m ? sc[i][s0 + t] - top[i] : -INFINITY;
+            if (m == 16)
+                x = load16(sc[i] + s0) - top[i];
+            else
+                for (int t = 0; t < 16; t++) x[t] = t < m ? sc[i][s0 + t] - top[i] : -INFINITY;
             const v16 p = exp16(x);
             sum[i] += __builtin_convertvector(__builtin_shufflevector(p, p, 0, 1, 2, 3, 4, 5, 6, 7), vd8) +
                       __builtin_convertvector(__builtin_shufflevector(p, p, 8, 9, 10, 11, 12, 13, 14, 15), vd8);
-            for (int t = 0; t < m; t++) {
-                const float *v = vh[i] + (s0 + t) * v_ss;
-                for (int c = 0; c < DV; c++) {
-                    __builtin_prefetch(v + AHEAD * v_ss + 16 * c, 0, 2);
-                    o[i][c] += p[t] * load16(v + 16 * c);
+            const float *v0 = vh[i] + s0 * v_ss;
+            v16 even[8], odd[8];
+            for (int c = 0; c < DV; c++) even[c] = odd[c] = (v16){0};
+            if (m == 16)
+                for (int t = 0; t < 16; t += 2) {
+                    value_fma(even, p[t], v0 + t * v_ss, v_ss, DV);
+                    value_fma(odd, p[t + 1], v0 + (t + 1) * v_ss, v_ss, DV);
                 }
-            }
+            else
+                for (int t = 0; t < m; t++) value_fma(even, p[t], v0 + t * v_ss, v_ss, DV);
+            for (int c = 0; c < DV; c++) o[i][c] += even[c] + odd[c];
         }
     }
     for (int64_t i = 0; i < n; i++) {
