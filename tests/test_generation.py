@@ -300,12 +300,12 @@ def test_native_gemv_decode_matches_onednn(monkeypatch):
     assert_same_decode(model, ids, mask, native, onednn)
 
 
-@pytest.mark.parametrize("window", [None, 30])
-def test_native_layer_decode_matches_the_per_op_path(monkeypatch, window):
-    """At batch 1, where the compiled kernels build, each decoder layer of a decode step is one call
+@pytest.mark.parametrize("window, rows", [(None, 1), (30, 1), (None, 3), (30, 8)])
+def test_native_layer_decode_matches_the_per_op_path(monkeypatch, window, rows):
+    """At batch 1-8, where the compiled kernels build, each decoder layer of a decode step is one call
     (model/native.py `NativeLayer`, kernels/layer.c): the same tokens as the step's torch ops around
-    the same kernels, logits within 1e-4, and == the uncached forward; with GQA and, when given, a
-    sliding window shorter than the sequence (the attention then starts past slot 0)."""
+    the same kernels, logits within 1e-4, and == the uncached forward; with GQA, left-padded rows
+    and, when given, a sliding window shorter than the sequence (the attention then starts past slot 0)."""
     from phi3v_spatial.model import decode, native
     from phi3v_spatial.random_init import random_config, random_model
 
@@ -313,8 +313,9 @@ def test_native_layer_decode_matches_the_per_op_path(monkeypatch, window):
         pytest.skip(f"compiled kernels unavailable here: {native._STATE.get('error')}")
     config = random_config(hidden_size=512, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=8,
                            num_key_value_heads=2, sliding_window=window)
-    ids = torch.randint(3, 30000, (1, 40), generator=torch.Generator().manual_seed(3))
+    ids = torch.randint(3, 30000, (rows, 40), generator=torch.Generator().manual_seed(3))
     mask = torch.ones_like(ids)
+    mask[1:, : 5 + rows] = 0  # left padding on all rows but the first
     model = random_model(config, seed=0)
     calls = []
     real = decode.DecodeStep._native_step
@@ -387,6 +388,7 @@ def test_native_few_row_kernel_decode_matches_onednn(monkeypatch):
                            num_key_value_heads=2)
     model = random_model(config, seed=0)
     assert decode.use_onednn(model)
+    monkeypatch.setattr(decode, "_native_layers", lambda *a: None)  # the per-op step (the fused layer: the test above)
     for rows in (2, 3, 5, 8):
         ids = torch.randint(3, 30000, (rows, 40), generator=torch.Generator().manual_seed(rows))
         mask = torch.ones_like(ids)
@@ -398,6 +400,7 @@ def test_native_few_row_kernel_decode_matches_onednn(monkeypatch):
         monkeypatch.setattr(decode, "native_available", lambda: False)
         onednn = generate(model, ids, mask, params=GREEDY12, return_step_logits=True)
         monkeypatch.undo()
+        monkeypatch.setattr(decode, "_native_layers", lambda *a: None)
         assert_same_decode(model, ids, mask, fast, onednn)
 
 

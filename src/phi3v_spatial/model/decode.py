@@ -24,11 +24,12 @@ path does only what one token needs and nothing the general forward does to be g
   oneDNN's one-row product falls behind in this machine's fast-memory phases; for 2-8 rows its
   sibling (`native_gemm_rows`, each weight row read once for all rows): ~1.4x oneDNN at 2 rows,
   ~1.25x oneDNN's packed GEMM at 8, without a copy of the weights;
-- for one row, where the compiled kernels are available and every layer is plain (float32 weights
+- for 1-8 rows, where the compiled kernels are available and every layer is plain (float32 weights
   read as stored, Phi3RMSNorm norms, no swapped-in modules or hooks), each decoder layer in one
-  compiled call (`native.NativeLayer`, `kernels/layer.c`): the same GEMV and attention kernels with
-  the norms, RoPE, cache writes, SiLU and residual adds between them done in C by the same threads,
-  instead of ~14 torch ops per layer during which the weights are not streamed (`_native_step`);
+  compiled call (`native.NativeLayer`, `kernels/layer.c`): the same GEMV / few-row and attention
+  kernels with the norms, RoPE, cache writes, SiLU and residual adds between them done in C by the
+  same threads, instead of ~14 torch ops per layer during which the weights are not streamed, each
+  slow with the caches cold after a pass over the weights (`_native_step`);
 - for more rows (batched decoding beyond 8), the same weights packed once into oneDNN's blocked layout
   for small row counts (`packed_weight`): 8-row steps stream them ~1.4-2x faster than the plain
   layout on this project's machine. The packed copies are extra memory (as much as the decoder's
@@ -336,7 +337,7 @@ class DecodeStep:
         bias: torch.Tensor | None,
     ) -> torch.Tensor:
         B = tokens.shape[0]
-        if B == 1 and self.native and _native_cache(cache, bias):
+        if B <= _NATIVE_MAX_ROWS and self.native and _native_cache(cache, bias):
             return self._native_step(tokens, positions, regime, cache, slot, bias)
         H, KVH, d = self.heads, self.kv_heads, self.head_dim
         half = d // 2
@@ -363,21 +364,31 @@ class DecodeStep:
         return self.lm_head(_rms_norm(x, self.norm))[:, 0].float()
 
     def _native_step(self, tokens, positions, regime, cache: KVCache, slot: int, bias) -> torch.Tensor:
-        """The one-row step with each decoder layer in one compiled call (`native.NativeLayer`), and the
-        final norm with lm_head in another where lm_head is a plain weight. Few torch ops: after each
+        """The step of 1-8 rows with each decoder layer in one compiled call (`native.NativeLayer`), and
+        the final norm with lm_head in another where lm_head is a plain weight. Few torch ops: after each
         pass over the weights the caches are cold, and a torch op then costs ~20-200 us, not ~10."""
-        row = int(regime) * self.max_slots + int(positions)
-        x = (self.embed[int(tokens)] if isinstance(self.embed, torch.Tensor) else self.embed(tokens)).reshape(-1).clone()
-        cos, sin = self.cos[row], self.sin[row]
+        B = tokens.shape[0]
+        if B == 1:  # Python ints: no gather ops for one row
+            row = int(regime) * self.max_slots + int(positions)
+            cos, sin = self.cos[row : row + 1], self.sin[row : row + 1]
+            x = (self.embed[int(tokens)] if isinstance(self.embed, torch.Tensor) else self.embed(tokens)).reshape(1, -1).clone()
+        else:
+            row = regime * self.max_slots + positions
+            cos, sin = self.cos.index_select(0, row), self.sin.index_select(0, row)  # (B, d)
+            x = F.embedding(tokens, self.embed) if isinstance(self.embed, torch.Tensor) else self.embed(tokens)
+            x = x.reshape(B, -1).clone(memory_format=torch.contiguous_format)  # updated in place by the layers
         start = 0 if self.window is None or slot <= self.window else slot - self.window
         if bias is not None:
-            bias = bias[..., start : slot + 1].reshape(-1)
+            bias = bias[..., start : slot + 1].reshape(B, -1)  # (B, keys), rows apart by the bias's stride
+        need = self.native[0].scratch_floats(slot + 1 - start, B)
+        if self.scratch.numel() < need:
+            self.scratch = torch.empty(self.native[0].scratch_floats(self.max_slots, B))
         for layer, k, v in zip(self.native, cache.k, cache.v):
             layer(x, cos, sin, k, v, slot, start, bias, self.scale, self.scratch)
         cache.length = slot + 1
         if self.native_head is not None:
-            return native_norm_gemv(x, *self.native_head, scratch=self.scratch)[None]
-        return self.lm_head(_rms_norm(x.view(1, 1, -1), self.norm))[:, 0].float()
+            return native_norm_gemv(x, *self.native_head, scratch=self.scratch)
+        return self.lm_head(_rms_norm(x.view(B, 1, -1), self.norm))[:, 0].float()
 
 
 def _native_layers(model, heads: int, kv_heads: int, head_dim: int) -> list[NativeLayer] | None:
@@ -403,6 +414,6 @@ def _plain_norm(norm: nn.Module) -> bool:
 
 
 def _native_cache(cache: KVCache, bias) -> bool:
-    """Whether the compiled layer can write and read this one-row cache (and bias) as stored."""
+    """Whether the compiled layer can write and read this cache (and bias) as stored."""
     return all(t.dtype == torch.float32 and t.stride(-1) == 1 for t in (cache.k[0], cache.v[0])) and (
         bias is None or (bias.dtype == torch.float32 and bias.stride(-1) == 1))

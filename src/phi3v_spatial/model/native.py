@@ -128,14 +128,15 @@ def _load():
     attend = lib.phi3v_attend_one_f32
     attend.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 12 + [ctypes.c_float, ctypes.c_int]
     attend.restype = None
-    layer = lib.phi3v_layer_one_f32
-    layer.argtypes = ([ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p, ctypes.c_float]
-                      + [ctypes.c_void_p, ctypes.c_int64] * 4 + [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 6
-                      + [ctypes.c_void_p] + [ctypes.c_int64] * 5 + [ctypes.c_float, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64])
+    layer = lib.phi3v_layer_rows_f32
+    layer.argtypes = ([ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p, ctypes.c_float]
+                      + [ctypes.c_void_p, ctypes.c_int64] * 4 + [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 8
+                      + [ctypes.c_void_p] + [ctypes.c_int64] * 6 + [ctypes.c_float, ctypes.c_void_p, ctypes.c_int]
+                      + [ctypes.c_int64] * 2)
     layer.restype = None
-    head = lib.phi3v_norm_gemv_f32
-    head.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
-                     ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64]
+    head = lib.phi3v_norm_rows_f32
+    head.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p, ctypes.c_int64,
+                     ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int] + [ctypes.c_int64] * 2
     head.restype = None
     g = torch.Generator().manual_seed(0)
     for n, k in ((37, 300), (8, 64), (5, 7), (1, 33), (11, 16)):  # short blocks, tails of rows and of the 16-wide steps
@@ -154,11 +155,12 @@ def _load():
         k, v = k[:, :, 2 : s + 2], v[:, :, 1 : s + 1]  # strided views, as cache slices are
         if not torch.allclose(_attend(attend, q, k, v, bias, 0.3), attend_reference(q, k, v, bias, 0.3), rtol=1e-5, atol=1e-5):
             raise RuntimeError("the compiled attention disagrees with torch")
-    for h, kvh, d, s, window in ((4, 2, 16, 9, None), (3, 3, 6, 5, 2), (5, 5, 16, 21, 17)):  # GQA, odd sizes, windows
-        if not _layer_agrees(layer, g, h, kvh, d, s, window):
+    for h, kvh, d, s, window, m in ((4, 2, 16, 9, None, 1), (3, 3, 6, 5, 2, 1), (5, 5, 16, 21, 17, 1), (4, 2, 16, 9, None, 3),
+                                    (5, 5, 16, 21, 17, 8)):  # GQA, odd sizes, windows, one row and several
+        if not _layer_agrees(layer, g, h, kvh, d, s, window, m):
             raise RuntimeError("the compiled decoder layer disagrees with torch")
-    for n, k in ((37, 300), (5, 7)):
-        w, x, nw = torch.randn(n, k, generator=g), torch.randn(k, generator=g), torch.rand(k, generator=g) + 0.5
+    for m, n, k in ((1, 37, 300), (1, 5, 7), (3, 37, 300)):
+        w, x, nw = torch.randn(n, k, generator=g), torch.randn(m, k, generator=g), torch.rand(k, generator=g) + 0.5
         if not torch.allclose(_norm_gemv(head, x, nw, 1e-5, w), F.linear(F.rms_norm(x, (k,), nw, 1e-5), w), rtol=1e-5, atol=1e-5):
             raise RuntimeError("the compiled norm + GEMV disagrees with torch")
     return gemv, rows, attend, layer, head
@@ -210,18 +212,19 @@ def _attend(fn, q, k, v, bias, scale: float) -> torch.Tensor:
 
 
 def _norm_gemv(fn, x: torch.Tensor, nw: torch.Tensor, eps: float, w: torch.Tensor, h=None) -> torch.Tensor:
-    y = torch.empty(w.shape[0], dtype=torch.float32)
-    h = torch.empty(w.shape[1], dtype=torch.float32) if h is None else h
-    fn(x.data_ptr(), nw.data_ptr(), eps, w.data_ptr(), w.stride(0), y.data_ptr(), w.shape[0], w.shape[1], h.data_ptr(),
-       torch.get_num_threads(), PREFETCH)
+    M, K = x.numel() // x.shape[-1], x.shape[-1]
+    y = torch.empty(*x.shape[:-1], w.shape[0], dtype=torch.float32)
+    h = torch.empty(M * K, dtype=torch.float32) if h is None else h
+    fn(x.data_ptr(), M, nw.data_ptr(), eps, w.data_ptr(), w.stride(0), y.data_ptr(), w.shape[0], K, h.data_ptr(),
+       torch.get_num_threads(), PREFETCH, PREFETCH_ROWS)
     return y
 
 
 def native_norm_gemv(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, w: torch.Tensor, scratch=None) -> torch.Tensor:
-    """`F.linear(F.rms_norm(x, ..., norm_weight, eps), w)` for one row x (K,) in one compiled call (the
-    decode step's final norm and lm_head; tensors as `layer_usable` reads them) -> (N,). `scratch`: at
-    least K float32 to use for the normed row (else one is allocated). Call only after
-    `native_available()`."""
+    """`F.linear(F.rms_norm(x, ..., norm_weight, eps), w)` for the rows of x (..., K), contiguous, in one
+    compiled call (the decode step's final norm and lm_head; tensors as `layer_usable` reads them) ->
+    (..., N). `scratch`: at least x.numel() float32 to use for the normed rows (else one is allocated).
+    Call only after `native_available()`."""
     return _norm_gemv(_STATE["head"], x, norm_weight, eps, w, scratch)
 
 
@@ -274,16 +277,17 @@ def layer_usable(*tensors: torch.Tensor) -> bool:
 
 
 class NativeLayer:
-    """One decoder layer of the decode step for one row through `kernels/layer.c`: the four weight
+    """One decoder layer of the decode step for 1-8 rows through `kernels/layer.c`: the four weight
     matmuls, the attention and all the small work between them in one call (see that file). The layer's
     weights are bound once (plain float32 CPU tensors, `layer_usable`); create only after
     `native_available()`.
 
-    call(x, cos, sin, k, v, slot, start, bias, scale, scratch): x (D,) float32 contiguous, updated in
-    place; cos/sin (d,) the position's RoPE row (sin sign-folded, as decode.py builds it); k/v this
-    layer's cache for the row, (1, KVH, slots, d) with unit stride along d; the new key/value go to
-    `slot` and the query attends slots start..slot; bias None or the (slot + 1 - start) additive biases
-    of those slots (contiguous); scratch of at least `scratch_floats(slot + 1 - start)` floats.
+    call(x, cos, sin, k, v, slot, start, bias, scale, scratch): x (M, D) float32 contiguous, updated in
+    place; cos/sin (M, d) each row's RoPE row (sin sign-folded, as decode.py builds it), contiguous; k/v
+    this layer's cache, (M, KVH, slots, d) with unit stride along d; the new keys/values go to `slot`
+    and every row attends slots start..slot; bias None or (M, slot + 1 - start) additive biases of
+    those slots (unit stride along the slots); scratch of at least `scratch_floats(slot + 1 - start, M)`
+    floats.
     """
 
     def __init__(self, ln1, eps1: float, ln2, eps2: float, qkv, o, gate_up, down, heads: int, kv_heads: int, head_dim: int,
@@ -294,46 +298,49 @@ class NativeLayer:
                          gate_up.data_ptr(), gate_up.stride(0), down.data_ptr(), down.stride(0))
         self._dims = (qkv.shape[1], heads, kv_heads, head_dim, down.shape[1])  # D, H, KVH, d, I
 
-    def scratch_floats(self, keys: int) -> int:
+    def scratch_floats(self, keys: int, rows: int = 1) -> int:
         D, H, KVH, d, I = self._dims
-        return 2 * D + (H + 2 * KVH) * d + 2 * H * d + 3 * I + H * keys
+        return rows * (2 * D + (H + 2 * KVH) * d + 2 * H * d + 3 * I + H * keys)
 
     def __call__(self, x, cos, sin, k, v, slot: int, start: int, bias, scale: float, scratch) -> None:
-        self._fn(x.data_ptr(), *self._weights, cos.data_ptr(), sin.data_ptr(), k.data_ptr(), v.data_ptr(),
-                 k.stride(1), k.stride(2), v.stride(1), v.stride(2), slot, start, 0 if bias is None else bias.data_ptr(),
-                 *self._dims, scale, scratch.data_ptr(), torch.get_num_threads(), PREFETCH)
+        M = x.numel() // x.shape[-1]
+        self._fn(x.data_ptr(), M, *self._weights, cos.data_ptr(), sin.data_ptr(), k.data_ptr(), v.data_ptr(),
+                 k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2), slot, start,
+                 0 if bias is None else bias.data_ptr(), 0 if bias is None or M == 1 else bias.stride(0),
+                 *self._dims, scale, scratch.data_ptr(), torch.get_num_threads(), PREFETCH, PREFETCH_ROWS)
 
 
 def layer_reference(x, ln1, eps1, ln2, eps2, qkv, o, gate_up, down, cos, sin, k, v, slot, start, bias, heads, kv_heads, scale):
-    """What `NativeLayer` computes, in torch ops (the decode step's math, decode.py, for one row)."""
-    D, d = x.shape[-1], cos.shape[-1]
-    t = F.linear(F.rms_norm(x, (D,), ln1, eps1), qkv).view(heads + 2 * kv_heads, d)
-    qk = torch.addcmul(t[: heads + kv_heads] * cos, t[: heads + kv_heads].roll(d // 2, -1), sin)
-    k[0, :, slot], v[0, :, slot] = qk[heads:], t[heads + kv_heads :]
-    out = attend_reference(qk[None, :heads], k[:, :, start : slot + 1], v[:, :, start : slot + 1],
-                           None if bias is None else bias.view(1, 1, 1, -1), scale)
-    x = x + F.linear(out.reshape(heads * d), o)
-    gate, up = F.linear(F.rms_norm(x, (D,), ln2, eps2), gate_up).chunk(2)
+    """What `NativeLayer` computes, in torch ops (the decode step's math, decode.py): x (M, D), cos/sin
+    (M, d), k/v (M, KVH, slots, d), bias None or (M, slot + 1 - start) -> the new x (M, D)."""
+    (M, D), d = x.shape, cos.shape[-1]
+    t = F.linear(F.rms_norm(x, (D,), ln1, eps1), qkv).view(M, heads + 2 * kv_heads, d)
+    qk = torch.addcmul(t[:, : heads + kv_heads] * cos[:, None], t[:, : heads + kv_heads].roll(d // 2, -1), sin[:, None])
+    k[:, :, slot], v[:, :, slot] = qk[:, heads:], t[:, heads + kv_heads :]
+    out = attend_reference(qk[:, :heads], k[:, :, start : slot + 1], v[:, :, start : slot + 1],
+                           None if bias is None else bias.view(M, 1, 1, -1), scale)
+    x = x + F.linear(out.reshape(M, heads * d), o)
+    gate, up = F.linear(F.rms_norm(x, (D,), ln2, eps2), gate_up).chunk(2, dim=-1)
     return x + F.linear(F.silu(gate) * up, down)
 
 
-def _layer_agrees(fn, g, heads: int, kv_heads: int, d: int, slots: int, window: int | None) -> bool:
+def _layer_agrees(fn, g, heads: int, kv_heads: int, d: int, slots: int, window: int | None, rows: int) -> bool:
     D, I = 40, 36
     ln1, ln2 = torch.rand(D, generator=g) + 0.5, torch.rand(D, generator=g) + 0.5
     qkv = torch.randn((heads + 2 * kv_heads) * d, D, generator=g) / D**0.5
     o, gate_up, down = (torch.randn(D, heads * d, generator=g) / (heads * d) ** 0.5, torch.randn(2 * I, D, generator=g) / D**0.5,
                         torch.randn(D, I, generator=g) / I**0.5)
-    cos, sin = torch.randn(d, generator=g), torch.randn(d, generator=g)
-    k, v = torch.randn(1, kv_heads, slots + 2, d, generator=g), torch.randn(1, kv_heads, slots + 2, d, generator=g)
-    x = torch.randn(D, generator=g)
+    cos, sin = torch.randn(rows, d, generator=g), torch.randn(rows, d, generator=g)
+    k, v = torch.randn(rows, kv_heads, slots + 2, d, generator=g), torch.randn(rows, kv_heads, slots + 2, d, generator=g)
+    x = torch.randn(rows, D, generator=g)
     slot = slots - 1
     start = 0 if window is None else slot - window
-    bias = torch.zeros(slot + 1 - start)
-    bias[0] = torch.finfo(torch.float32).min
+    bias = torch.zeros(rows, slot + 1 - start + 3)[:, 1 : slot + 2 - start]  # rows apart by more than their length
+    bias[0, 0] = torch.finfo(torch.float32).min
     ref_k, ref_v = k.clone(), v.clone()
     want = layer_reference(x, ln1, 1e-5, ln2, 1e-5, qkv, o, gate_up, down, cos, sin, ref_k, ref_v, slot, start, bias,
                            heads, kv_heads, 0.3)
     layer = NativeLayer(ln1, 1e-5, ln2, 1e-5, qkv, o, gate_up, down, heads, kv_heads, d, _fn=fn)
     got = x.clone()
-    layer(got, cos, sin, k, v, slot, start, bias, 0.3, torch.empty(layer.scratch_floats(slot + 1 - start)))
+    layer(got, cos, sin, k, v, slot, start, bias, 0.3, torch.empty(layer.scratch_floats(slot + 1 - start, rows)))
     return all(torch.allclose(a, b, rtol=1e-5, atol=1e-5) for a, b in ((got, want), (k, ref_k), (v, ref_v)))
