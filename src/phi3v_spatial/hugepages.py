@@ -30,17 +30,21 @@ def enabled() -> bool:
     return hasattr(mmap, "MADV_HUGEPAGE")
 
 
-def mapping(nbytes: int, advise: tuple[int, int] | None = (0, -1)) -> mmap.mmap:
-    """Fresh anonymous private memory (no page faulted in yet), with bytes `advise` = (offset, length;
-    -1: to the end) advised for huge pages where the kernel allows (else plain pages, still correct).
-    A shared anonymous mapping would be shmem, which THP leaves alone unless configured for it."""
+def _advise(buf: mmap.mmap, offset: int, length: int) -> None:
+    """Advise bytes offset..offset+length of `buf` for huge pages; in a kernel without THP, nothing."""
+    try:
+        buf.madvise(mmap.MADV_HUGEPAGE, offset, length)
+    except OSError:
+        pass
+
+
+def mapping(nbytes: int, advise: bool = True) -> mmap.mmap:
+    """Fresh anonymous private memory (no page faulted in yet), all of it advised for huge pages when
+    `advise` and `enabled()` (else plain pages, still correct). A shared anonymous mapping would be
+    shmem, which THP leaves alone unless configured for it."""
     buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    if advise is not None and enabled():
-        offset, length = advise
-        try:
-            buf.madvise(mmap.MADV_HUGEPAGE, offset, nbytes - offset if length < 0 else length)
-        except OSError:  # no THP in this kernel
-            pass
+    if advise and enabled():
+        _advise(buf, 0, nbytes)
     return buf
 
 
@@ -56,15 +60,12 @@ def empty(shape, dtype: torch.dtype) -> torch.Tensor:
     if nbytes < HUGE_PAGE or not enabled():
         return torch.empty(shape, dtype=dtype)
     try:
-        buf = mapping(nbytes + HUGE_PAGE, advise=None)
+        buf = mapping(nbytes + HUGE_PAGE, advise=False)
     except (OSError, ValueError):  # an address space without room for the mapping: torch's allocator
         return torch.empty(shape, dtype=dtype)
     raw = torch.frombuffer(buf, dtype=torch.uint8)  # shares buf's memory and keeps buf alive
     offset = -raw.data_ptr() % HUGE_PAGE  # a multiple of the 4 KiB page: mmap starts on a page
-    try:  # the whole 2 MiB blocks only: a huge page at the tail would add up to 2 MiB of RSS
-        buf.madvise(mmap.MADV_HUGEPAGE, offset, nbytes // HUGE_PAGE * HUGE_PAGE)
-    except OSError:
-        pass
+    _advise(buf, offset, nbytes // HUGE_PAGE * HUGE_PAGE)  # whole 2 MiB blocks only: a huge tail page would add RSS
     return raw[offset : offset + nbytes].view(dtype).view(shape)
 
 

@@ -12,10 +12,7 @@ void phi3v_attend_one_f32(const float *q, const float *k, const float *v, const 
                           int64_t k_sb, int64_t k_sh, int64_t k_ss, int64_t v_sb, int64_t v_sh, int64_t v_ss,
                           int64_t bias_sb, float scale, int nthreads) {
     const int64_t G = H / KVH, NT = B * KVH;
-    /* TASKS per group, fewer when there are too few tasks to give every thread a group */
-    int64_t per = (NT + nthreads - 1) / (nthreads > 0 ? nthreads : 1);
-    per = per > TASKS ? TASKS : per < 1 ? 1 : per;
-    const int64_t NG = (NT + per - 1) / per;
+    const int64_t per = tasks_per_group(NT, nthreads), NG = (NT + per - 1) / per;
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
     for (int64_t grp = 0; grp < NG; grp++) {
         const int64_t t0 = grp * per, n = NT - t0 < per ? NT - t0 : per;

@@ -232,6 +232,13 @@ static inline void attend_heads_any(int64_t n, const float *const kh[], const fl
         }
 }
 
+/* (row, KV head) tasks per group a thread runs side by side: TASKS, fewer when there are too few tasks
+ * to give every one of `nthreads` threads a group */
+static inline int64_t tasks_per_group(int64_t tasks, int nthreads) {
+    const int64_t per = (tasks + nthreads - 1) / (nthreads > 0 ? nthreads : 1);
+    return per > TASKS ? TASKS : per < 1 ? 1 : per;
+}
+
 /* the vector path where it applies (one query per KV head, d a multiple of 16 up to 128), else the generic one */
 static inline void attend_heads(int64_t n, const float *const kh[], const float *const vh[], const float *const qg[],
                                 float *const sc[], const float *const bb[], float *const og[], int64_t S, int64_t d,

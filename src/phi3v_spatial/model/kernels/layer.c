@@ -57,11 +57,7 @@ void phi3v_layer_rows_f32(float *x, int64_t M, const float *ln1, float eps1, con
     const int64_t G = H / KVH, S = slot + 1 - start, NQKV = (H + 2 * KVH) * d, NT = M * KVH;
     float *h = scratch, *qkv = h + M * D, *q = qkv + M * NQKV, *attn = q + M * H * d, *o = attn + M * H * d,
           *gu = o + M * D, *act = gu + M * 2 * I, *scores = act + M * I;
-    /* (row, KV head) tasks per attention group: TASKS side by side, fewer when too few to give every
-     * thread one */
-    int64_t per = (NT + nthreads - 1) / (nthreads > 0 ? nthreads : 1);
-    per = per > TASKS ? TASKS : per < 1 ? 1 : per;
-    const int64_t ngroups = (NT + per - 1) / per;
+    const int64_t per = tasks_per_group(NT, nthreads), ngroups = (NT + per - 1) / per;
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         team_norm(x, ln1, eps1, D, M, h);
